@@ -1,0 +1,43 @@
+# longdna — set-up, tests and the demo. Every target sets up .venv/ itself (see DESIGN §9).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.longdna-installed
+TORCH_CPU := torch==2.13.0
+TRITON_CPU := triton==3.9.0
+# Tests run the Triton kernels through the interpreter on CPU; pytest sets it too (tests/conftest.py).
+export TRITON_INTERPRET ?= 1
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+# A GPU build of torch already on the system is kept (venv with system site-packages); otherwise the
+# CPU wheel torch==2.13.0 is installed first so that no dependency can pull the CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@set -e; \
+	if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+	  echo "make install: using the system's GPU build of torch"; \
+	  [ -x $(PY) ] || $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  $(PY) -m pip install -q -c constraints.txt -e '.[test]'; \
+	else \
+	  [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip >/dev/null; \
+	  $(PY) -m pip install -q $(TORCH_CPU); \
+	  $(PY) -m pip install -q -c constraints.txt $(TRITON_CPU) -e '.[test]'; \
+	fi
+	@$(PY) -c "import torch, deepspeed, triton, webdataset, pyfaidx; print('make install: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| triton', triton.__version__)"
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+demo: install
+	$(PY) -m data_prep demo $(if $(GENOME),--fasta $(GENOME)) $(if $(BED),--bed $(BED))
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

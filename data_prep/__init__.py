@@ -1,0 +1,1 @@
+"""Offline data preparation: genome FASTA (+ BED splits) -> WebDataset shards + manifest (DESIGN §3)."""

@@ -1,0 +1,1 @@
+"""finetune layer (see DESIGN §1)."""

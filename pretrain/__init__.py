@@ -1,0 +1,1 @@
+"""pretrain layer (see DESIGN §1)."""
