@@ -1,1 +1,5 @@
-"""parallel layer (see DESIGN §1)."""
+"""Parallel layout and wrapping (see DESIGN §1, §7): :class:`ParallelDims` owns the process groups."""
+
+from parallel.dims import ParallelDims
+
+__all__ = ["ParallelDims"]
