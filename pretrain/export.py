@@ -1,0 +1,75 @@
+"""Export a training checkpoint as a ``from_pretrained`` directory (``config.json`` + ``model.safetensors``).
+
+    python -m pretrain.export CKPT --out DIR
+
+``CKPT`` is a checkpoint (``runs/X/checkpoints/step-00001000``), a checkpoint folder (its ``latest`` is taken)
+or a run directory. The checkpoint is verified against its manifest first. ZeRO checkpoints (stages 1-3, and
+bf16 runs) are gathered from the optimizer's fp32 master partitions with DeepSpeed's offline reader, so no
+process group and no GPU is needed; fp32 runs without ZeRO store the whole module and are read directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from pretrain.checkpoint import verify
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory that ``path`` designates (a step dir, a checkpoints dir, or a run dir)."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if (path / "latest").is_file():
+        path = path / (path / "latest").read_text().strip()
+    if not (path / "trainer_state.pt").is_file():
+        raise ValueError(f"{path} is not a training checkpoint (no trainer_state.pt); pass runs/NAME, "
+                         f"runs/NAME/checkpoints or runs/NAME/checkpoints/step-XXXXXXXX")
+    problem = verify(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} is damaged: {problem}; export an older step-* directory instead")
+    return path
+
+
+def load_checkpoint_model(path: str | Path):
+    """``(model, config)`` with the fp32 weights of checkpoint ``path`` (CPU, eval mode)."""
+    from models import build_model
+    from pretrain.args import resolve
+
+    ckpt = resolve_checkpoint(path)
+    cfg = resolve(ckpt / "config.yaml", [])
+    model = build_model(cfg.model)
+    model.load_state_dict(_fp32_state_dict(ckpt, cfg), strict=True)
+    return model.float().eval(), cfg
+
+
+def _fp32_state_dict(ckpt: Path, cfg) -> dict[str, torch.Tensor]:
+    if cfg.parallel.zero_stage > 0 or cfg.train.precision != "fp32":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    else:
+        state = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="runs/NAME, runs/NAME/checkpoints or a step-XXXXXXXX directory")
+    parser.add_argument("--out", required=True, help="output directory for models.from_pretrained")
+    args = parser.parse_args(argv)
+    try:
+        model, _ = load_checkpoint_model(args.checkpoint)
+    except ValueError as err:
+        parser.error(str(err))
+    model.save_pretrained(args.out)
+    print(f"exported {resolve_checkpoint(args.checkpoint)} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
