@@ -1,0 +1,121 @@
+"""HyenaDNA's Hyena operator of order 2 (the released training code's ``HyenaOperator`` / ``HyenaFilter``).
+
+Shapes: x (B, L, d) in and out, L <= l_max. Inside, channels-first (B, C, L)::
+
+    x0, x1, v = split(short_conv(in_proj(x)))            # in_proj d -> 3d (bias); causal depthwise conv, k = 3
+    k = implicit_filter(z[:L]) * (exp(-t[:L] |δ|) + shift)  # (L, d) -> (d, L); z = [t, cos(f w), -sin(f w)]
+    y = out_proj(x0 * fftconv(x1 * v, k, D))              # fftconv: causal conv by FFT of size 2L, + D * (x1 v)
+
+The implicit filter is an MLP emb_dim -> order -> ... -> d (last layer without bias) whose activations are ONE
+shared ``Sin`` module (learnable frequency, initially ``w``). ``z``, ``t`` (positional features on the l_max
+grid) and ``δ`` (decay rates) are deterministic buffers created in float32 exactly as the reference creates
+them (so a float64 copy of the model holds the same values); they are not saved in our checkpoints.
+Parameter names match the reference's, so converted checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import kernels
+
+
+class Sin(nn.Module):
+    """``sin(freq * x)`` with a learnable per-feature frequency ``freq`` (1, dim), initially ``w``."""
+
+    def __init__(self, dim: int, w: float = 10.0):
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class PositionalEmbedding(nn.Module):
+    """Buffers ``z`` (1, l_max, emb_dim) = [t, Re e^{-i f w}, Im e^{-i f w}] and ``t`` (1, l_max, 1)."""
+
+    def __init__(self, emb_dim: int, l_max: int):
+        super().__init__()
+        t = torch.linspace(0, 1, l_max)[None, :, None]
+        bands = (emb_dim - 1) // 2
+        t_rescaled = torch.linspace(0, l_max - 1, l_max)[None, :, None]
+        w = 2 * math.pi * t_rescaled / l_max
+        f = torch.linspace(1e-4, bands - 1, bands)[None, None]
+        z = torch.exp(-1j * f * w)
+        self.register_buffer("z", torch.cat([t, z.real, z.imag], dim=-1), persistent=False)
+        self.register_buffer("t", t, persistent=False)
+
+    def forward(self, L: int):
+        return self.z[:, :L], self.t[:, :L]
+
+
+class ExponentialModulation(nn.Module):
+    """Decay window ``exp(-t |δ|) + shift``, δ linear over channels from ln(target)/slow to ln(target)/fast."""
+
+    def __init__(self, d_model: int, fast_decay_pct=0.3, slow_decay_pct=1.5, target=1e-2, shift=0.0, modulate=True):
+        super().__init__()
+        self.modulate, self.shift = modulate, shift
+        max_decay = math.log(target) / fast_decay_pct
+        min_decay = math.log(target) / slow_decay_pct
+        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, d_model)[None, None], persistent=False)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not self.modulate:
+            return x
+        return x * (torch.exp(-t * self.deltas.abs()) + self.shift)
+
+
+class HyenaFilter(nn.Module):
+    """Implicit long filter h(t) (an MLP of positional features, times a decay window) and the bias ``D``."""
+
+    def __init__(self, d_model: int, l_max: int, cfg):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(d_model))  # D, the skip term of the long conv
+        self.pos_emb = PositionalEmbedding(cfg.emb_dim, l_max)
+        act = Sin(cfg.filter_order, w=cfg.w)  # one module, used after every hidden layer
+        layers = [nn.Linear(cfg.emb_dim, cfg.filter_order), act]
+        for _ in range(cfg.num_inner_mlps):
+            layers += [nn.Linear(cfg.filter_order, cfg.filter_order), act]
+        layers.append(nn.Linear(cfg.filter_order, d_model, bias=False))
+        self.implicit_filter = nn.Sequential(*layers)
+        self.modulation = ExponentialModulation(d_model, cfg.fast_decay_pct, cfg.slow_decay_pct, cfg.target,
+                                                cfg.shift, cfg.modulate)
+
+    def filter(self, L: int) -> torch.Tensor:
+        """The long filter for the first L positions, (d, L)."""
+        z, t = self.pos_emb(L)
+        h = self.implicit_filter(z.to(self.bias.dtype))
+        return self.modulation(t.to(self.bias.dtype), h)[0].transpose(0, 1)
+
+
+class HyenaOperator(nn.Module):
+    """Hyena mixer of order 2 (see the module docstring). ``forward(x (B, L, d)) -> (B, L, d)``."""
+
+    def __init__(self, d_model: int, l_max: int, cfg):
+        super().__init__()
+        self.d_model, self.l_max = d_model, l_max
+        self.out_proj = nn.Linear(d_model, d_model)  # created first, as in the reference (state-dict order)
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        k = cfg.short_filter_order
+        self.short_filter = nn.Conv1d(3 * d_model, 3 * d_model, kernel_size=k, groups=3 * d_model, padding=k - 1)
+        self.filter_fn = HyenaFilter(d_model, l_max, cfg)
+        # The reference keeps the filter MLP (Sin frequency included) free of weight decay (layer.wd = 0.0);
+        # biases (D included) and norms are excluded by its optimizer hooks.
+        for p in self.filter_fn.implicit_filter.parameters():
+            p._no_weight_decay = True
+        for p in (self.filter_fn.bias, self.in_proj.bias, self.out_proj.bias, self.short_filter.bias):
+            p._no_weight_decay = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        if L > self.l_max:
+            raise ValueError(f"Hyena: sequence length {L} exceeds l_max={self.l_max} (the filters' length)")
+        u = self.in_proj(x).transpose(1, 2)  # (B, 3d, L)
+        uc = self.short_filter(u)[..., :L]  # causal: keep the first L outputs of the left-padded conv
+        x0, x1, v = uc.split(self.d_model, dim=1)
+        k = self.filter_fn.filter(L)
+        y = kernels.fftconv(x1 * v, k, self.filter_fn.bias)
+        return self.out_proj((y * x0).transpose(1, 2))
