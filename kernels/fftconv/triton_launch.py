@@ -1,0 +1,168 @@
+"""Host launchers of the Triton FFT convolution: forward and backward, on-chip or multi-pass by plan.
+
+``fftconv_fwd(u, k, bias)`` and ``fftconv_bwd(grad, u, k, bias)`` take validated, unit-L-stride tensors
+(see :mod:`kernels.fftconv.triton`); computation is fp32 (fp64 for float64 inputs). The multi-pass path
+processes channels in groups so its work buffers stay under ``WORK_BUDGET`` elements each.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.fftconv import triton_fused as fused
+from kernels.fftconv import triton_passes as passes
+from kernels.fftconv.triton_plan import FFTPlan, dft_matrix, make_plan, twiddle_levels, twiddle_split, twiddle_tile
+
+WORK_BUDGET = 1 << 28  # elements (1 GiB in fp32) per multi-pass work buffer
+DOT_PRECISION = "tf32x3"  # fp32 dots on tensor cores at ~fp32 accuracy; fp64 always uses "ieee"
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float64 else DOT_PRECISION
+
+
+def _warps(elems: int) -> int:
+    return 8 if elems >= 2048 else 4
+
+
+class _Tables:
+    """The DFT matrices and twiddles one plan needs, on the device, in the compute dtype."""
+
+    def __init__(self, plan: FFTPlan, dtype, device):
+        self.fp = dft_matrix(plan.P, dtype, device)
+        self.fq = dft_matrix(plan.Q, dtype, device)
+        self.tw = twiddle_tile(plan.M, plan.P, plan.Q, dtype, device)
+        if not plan.onchip:
+            self.f1 = dft_matrix(plan.R1, dtype, device)
+            self.f2 = dft_matrix(plan.R2, dtype, device) if plan.R2 > 1 else self.f1
+            self.tw1 = twiddle_tile(plan.N1, plan.R1, plan.R2, dtype, device)
+            self.lo, self.hi = twiddle_levels(plan.N, dtype, device)
+            self.shift = twiddle_split(plan.N)
+
+
+def _pair_blocks(npairs: int, nchan: int, device: torch.device) -> tuple[int, int]:
+    """(blocks, pairs per block): enough programs to fill the device, few enough to reuse kf."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    blocks = max(1, min(npairs, math.ceil(2 * sms / max(nchan, 1))))
+    per = math.ceil(npairs / blocks)
+    return math.ceil(npairs / per), per
+
+
+def fftconv_fwd(u, k, bias, plan: FFTPlan | None = None) -> torch.Tensor:
+    """y = causal_conv(u, k)[:L] + bias·u with the Triton kernels; y has u's dtype."""
+    Bn, D, L = u.shape
+    plan = plan or make_plan(L)
+    dt = compute_dtype(u, k, bias)
+    tabs = _Tables(plan, dt, u.device)
+    y = torch.empty_like(u, memory_format=torch.contiguous_format)
+    if plan.onchip:
+        kf = _spectrum_onchip(k, plan, tabs, dt)
+        blocks, per = _pair_blocks((Bn + 1) // 2, D, u.device)
+        fused.fused_fwd_kernel[(D, blocks)](
+            u, kf, bias, y, tabs.fp, tabs.fq, tabs.tw, Bn, L, per, u.stride(0), u.stride(1), y.stride(0),
+            y.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q, PREC=_prec(dt), num_warps=_warps(plan.N))
+        return y
+    for d0, d1 in _channel_groups(Bn, D, plan):
+        kf = _spectrum_passes(k[d0:d1], plan, tabs, dt)
+        w = _col_fwd(u[:, d0:d1], plan, tabs, dt)
+        npairs = w.shape[1]
+        passes.row_conv_kernel[(d1 - d0, plan.N1)](
+            w, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1], plan.N,
+            npairs, w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=_prec(dt),
+            num_warps=_warps(plan.M))
+        _col_inv(w, y[:, d0:d1], plan, tabs, aux=u[:, d0:d1], bias=bias[d0:d1])
+    return y
+
+
+def fftconv_bwd(grad, u, k, bias, plan: FFTPlan | None = None):
+    """(du, dk, dbias) for y = fftconv(u, k, bias) and dL/dy = grad; each in its input's dtype."""
+    Bn, D, L = u.shape
+    plan = plan or make_plan(L)
+    dt = compute_dtype(u, k, bias, grad)
+    tabs = _Tables(plan, dt, u.device)
+    du = torch.empty_like(u, memory_format=torch.contiguous_format)
+    if plan.onchip:
+        kf = _spectrum_onchip(k, plan, tabs, dt)
+        blocks, per = _pair_blocks((Bn + 1) // 2, D, u.device)
+        dkp = torch.empty(blocks, D, L, device=u.device, dtype=dt)
+        dbp = torch.empty(blocks, D, device=u.device, dtype=dt)
+        fused.fused_bwd_kernel[(D, blocks)](
+            u, grad, kf, bias, du, dkp, dbp, tabs.fp, tabs.fq, tabs.tw, Bn, L, per, u.stride(0), u.stride(1),
+            grad.stride(0), grad.stride(1), du.stride(0), du.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q,
+            PREC=_prec(dt), num_warps=_warps(plan.N))
+        return du, dkp.sum(0).to(k.dtype), dbp.sum(0).to(bias.dtype)
+    dk = torch.empty(D, L, device=u.device, dtype=dt)
+    dbias = torch.empty(D, device=u.device, dtype=dt)
+    for d0, d1 in _channel_groups(Bn, D, plan):
+        kf = _spectrum_passes(k[d0:d1], plan, tabs, dt)
+        wu = _col_fwd(u[:, d0:d1], plan, tabs, dt)
+        wg, part = _col_fwd(grad[:, d0:d1], plan, tabs, dt, dot_with=u[:, d0:d1])
+        dbias[d0:d1] = part.sum(dim=(0, 2))
+        wk = torch.empty(2, 1, d1 - d0, plan.N1, plan.M, device=u.device, dtype=dt)
+        passes.row_bwd_kernel[(d1 - d0, plan.N1)](
+            wu, wg, wk, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1],
+            plan.N, wu.shape[1], wu[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift,
+            PREC=_prec(dt), num_warps=_warps(plan.M))
+        _col_inv(wg, du[:, d0:d1], plan, tabs, aux=grad[:, d0:d1], bias=bias[d0:d1])
+        _col_inv(wk, dk[None, d0:d1], plan, tabs, pair=False)
+    return du, dk.to(k.dtype), dbias.to(bias.dtype)
+
+
+def _channel_groups(Bn: int, D: int, plan: FFTPlan):
+    per_chan = 2 * ((Bn + 1) // 2) * plan.N  # work elements of one channel (both planes)
+    size = max(1, min(D, WORK_BUDGET // per_chan))
+    return [(d0, min(D, d0 + size)) for d0 in range(0, D, size)]
+
+
+def _spectrum_onchip(k, plan: FFTPlan, tabs: _Tables, dt) -> torch.Tensor:
+    D = k.shape[0]
+    kf = torch.empty(D, 2, plan.P, plan.Q, device=k.device, dtype=dt)
+    fused.spectrum_kernel[(D,)](k, kf, tabs.fp, tabs.fq, tabs.tw, plan.L, k.stride(0), P=plan.P, Q=plan.Q,
+                                PREC=_prec(dt), num_warps=_warps(plan.N))
+    return kf
+
+
+def _spectrum_passes(k, plan: FFTPlan, tabs: _Tables, dt) -> torch.Tensor:
+    """The filter spectrum of a channel group: column pass on k (one real row) then the row DFTs."""
+    Dc = k.shape[0]
+    w = _col_fwd(k[None], plan, tabs, dt, pair=False)
+    kf = torch.empty(2, Dc, plan.N1, plan.P, plan.Q, device=k.device, dtype=dt)
+    passes.row_spectrum_kernel[(Dc, plan.N1)](
+        w, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1], plan.N,
+        w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=_prec(dt), num_warps=_warps(plan.M))
+    return kf
+
+
+def _col_fwd(x, plan: FFTPlan, tabs: _Tables, dt, pair: bool = True, dot_with=None):
+    """Column pass over x (B, Dc, L) -> work (2, pairs, Dc, N1, M); with ``dot_with`` also Σ x·v partials."""
+    Bn, Dc, _ = x.shape
+    npairs = (Bn + 1) // 2 if pair else Bn
+    w = torch.empty(2, npairs, Dc, plan.N1, plan.M, device=x.device, dtype=dt)
+    grid = (Dc, npairs, plan.M // plan.T)
+    part = torch.empty(npairs, Dc, grid[2], device=x.device, dtype=dt) if dot_with is not None else w
+    v = dot_with if dot_with is not None else x
+    passes.col_fwd_kernel[grid](
+        x, v, w, part, tabs.f1, tabs.f2, tabs.tw1, Bn, plan.L, x.stride(0), x.stride(1), v.stride(0), v.stride(1),
+        w[0].numel(), M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2, T=plan.T, PAIR=pair,
+        DOT=dot_with is not None, PREC=_prec(dt), num_warps=_warps(plan.N1 * plan.T))
+    return (w, part) if dot_with is not None else w
+
+
+def _col_inv(w, y, plan: FFTPlan, tabs: _Tables, pair: bool = True, aux=None, bias=None) -> None:
+    """Inverse column pass: work (2, pairs, Dc, N1, M) -> y (B, Dc, L) (+ bias·aux). ``pair``: the real and
+    imaginary parts are rows 2i and 2i+1 of y; else only the real part is kept, as row i (the dk case)."""
+    Bn, Dc, _ = y.shape
+    npairs = w.shape[1]
+    grid = (Dc, npairs, plan.M // plan.T)
+    a = aux if aux is not None else y
+    passes.col_inv_kernel[grid](
+        w, a, bias if bias is not None else w, y, tabs.f1, tabs.f2, tabs.tw1, Bn, plan.L, a.stride(0), a.stride(1),
+        y.stride(0), y.stride(1), w[0].numel(), 1.0 / plan.N, M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2,
+        T=plan.T, PAIR=pair, AUX=aux is not None, PREC=_prec(w.dtype), num_warps=_warps(plan.N1 * plan.T))
+
