@@ -95,7 +95,11 @@ def read_bed(path: Path) -> list[Interval]:
             raise ValueError(f"{path}:{lineno}: start and end must be integers; got {line!r}") from None
         if not 0 <= start < end:
             raise ValueError(f"{path}:{lineno}: need 0 <= start < end; got {line!r}")
-        out.append(Interval(cols[0], start, end, check_split_name(cols[3]), lineno))
+        try:
+            split = check_split_name(cols[3])
+        except ValueError as err:
+            raise ValueError(f"{path}:{lineno}: {err}") from None
+        out.append(Interval(cols[0], start, end, split, lineno))
     if not out:
         raise ValueError(f"BED file {path} holds no intervals")
     return out

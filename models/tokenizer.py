@@ -124,6 +124,16 @@ def decode_tokens(ids: IdsLike) -> list[str]:
     return [VOCAB[i] for i in arr.tolist()]
 
 
+def byte_to_id_table(dtype=np.int64) -> np.ndarray:
+    """A fresh 256-entry table ASCII byte -> token id (what :func:`encode` applies), for bulk look-ups."""
+    return _ENCODE.astype(dtype)
+
+
+def complement_byte_table() -> np.ndarray:
+    """A fresh 256-entry table ASCII byte -> complement byte, case kept (a<->t, c<->g, n->n)."""
+    return _COMPLEMENT_BYTES.copy()
+
+
 def soft_mask(seq: SeqLike) -> np.ndarray:
     """Boolean array, True where the base is lower case (soft-masked repeat)."""
     arr = as_bytes_array(seq)
