@@ -6,7 +6,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from data_prep.dna import base_counts, clean_bases, is_dna
+from data_prep.dna import base_stats, is_dna, strip_line_ends
 from data_prep.fasta import FastaReader, fai_sha256, load_index
 from data_prep.format import Manifest, load_manifest, sha256_file
 from data_prep.regions import Chunk
@@ -107,10 +107,10 @@ def _verify_shard(manifest: Manifest, split: str, shard: dict, reader: FastaRead
                 if meta != want or ms.offset_data != offset or len(seq) != end - start or not is_dna(seq):
                     problems.append(f"shard {path}: sample {key} metadata, offset, length or bytes are wrong")
                     continue
-                n, lower = base_counts(seq)
+                n, lower, _ = base_stats(seq)
                 n_total, lower_total = n_total + n, lower_total + lower
                 if reader is not None:
-                    genome = read_chunk(reader, Chunk(split, 0, chrom, start, end), manifest.data["iupac_to_n"])
+                    genome, _, _ = read_chunk(reader, Chunk(split, 0, chrom, start, end), manifest.data["iupac_to_n"])
                     if genome != seq:
                         problems.append(f"shard {path}: sample {key} differs from {chrom}:{start}-{end} in the FASTA")
     except (tarfile.TarError, OSError, ValueError) as err:
@@ -123,9 +123,8 @@ def _verify_shard(manifest: Manifest, split: str, shard: dict, reader: FastaRead
 def _verify_dropped(manifest: Manifest, split: str, shard: dict, reader: FastaReader) -> list[str]:
     problems = []
     for key, chrom, start, end, n in shard["dropped"]:
-        raw = reader.fetch_raw(chrom, start, end)
-        bases, _ = clean_bases(raw, iupac_to_n=manifest.data["iupac_to_n"])
-        got_n, _ = base_counts(bases)
+        bases = strip_line_ends(reader.fetch_raw(chrom, start, end), iupac_to_n=manifest.data["iupac_to_n"])
+        got_n, _, _ = base_stats(bases)
         if got_n != n or (end - start - n) >= manifest.data["min_acgt"] * (end - start):
             problems.append(f"dropped chunk {key} ({chrom}:{start}-{end}) does not match its record")
     return problems

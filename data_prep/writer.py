@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.dna import IUPAC_AMBIGUOUS, base_counts, clean_bases
+from data_prep.dna import IUPAC_AMBIGUOUS, base_stats, strip_line_ends
 from data_prep.fasta import FaiEntry, FastaReader
 from data_prep.format import TAR_BLOCK
 from data_prep.regions import Chunk
@@ -82,19 +82,23 @@ class ShardTask:
         return sum(c.end - c.start for c in self.chunks)
 
 
-def read_chunk(reader: FastaReader, chunk: Chunk, iupac_to_n: bool) -> bytes:
-    """The chunk's bases exactly as in the FASTA (line ends removed); non-DNA bytes raise ``ValueError``."""
-    bases, bad = clean_bases(reader.fetch_raw(chunk.chrom, chunk.start, chunk.end), iupac_to_n=iupac_to_n)
+def read_chunk(reader: FastaReader, chunk: Chunk, iupac_to_n: bool) -> tuple[bytes, int, int]:
+    """``(bases, n_bases, soft_masked_bases)`` of a chunk, bases exactly as in the FASTA without line ends.
+
+    A byte that is not A/C/G/T/N raises ``ValueError`` naming the record and its offset.
+    """
+    bases = strip_line_ends(reader.fetch_raw(chunk.chrom, chunk.start, chunk.end), iupac_to_n=iupac_to_n)
+    if len(bases) != chunk.end - chunk.start:
+        raise ValueError(f"FASTA {reader.path}: record {chunk.chrom!r} gave {len(bases)} bases for "
+                         f"{chunk.start}-{chunk.end}; the .fai index is stale (delete it to rebuild)")
+    n, lower, bad = base_stats(bases)
     if bad >= 0:
         char = chr(reader.fetch(chunk.chrom, chunk.start, chunk.end)[bad])
         hint = " (an IUPAC ambiguity code: pass --iupac-to-n to read such codes as N)" \
             if char.encode() in IUPAC_AMBIGUOUS else ""
         raise ValueError(f"non-DNA character {char!r} in FASTA {reader.path}, record {chunk.chrom!r} at offset "
                          f"{chunk.start + bad} (0-based base offset){hint}; only A, C, G, T, N are allowed")
-    if len(bases) != chunk.end - chunk.start:
-        raise ValueError(f"FASTA {reader.path}: record {chunk.chrom!r} gave {len(bases)} bases for "
-                         f"{chunk.start}-{chunk.end}; the .fai index is stale (delete it to rebuild)")
-    return bases
+    return bases, n, lower
 
 
 def write_shard(task: ShardTask, progress=None) -> dict:
@@ -105,8 +109,7 @@ def write_shard(task: ShardTask, progress=None) -> dict:
     n_total = lower_total = 0
     try:
         for c in task.chunks:
-            bases = read_chunk(reader, c, task.iupac_to_n)
-            n, lower = base_counts(bases)
+            bases, n, lower = read_chunk(reader, c, task.iupac_to_n)
             if (len(bases) - n) < task.min_acgt * len(bases):
                 dropped.append([c.key, c.chrom, c.start, c.end, n])
             else:
