@@ -9,7 +9,7 @@ TRITON_CPU := triton==3.9.0
 # Tests run the Triton kernels through the interpreter on CPU; pytest sets it too (tests/conftest.py).
 export TRITON_INTERPRET ?= 1
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo demo-shards bench clean
 
 install: $(STAMP)
 
@@ -36,8 +36,14 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
-demo: install
-	$(PY) -m data_prep demo $(if $(GENOME),--fasta $(GENOME)) $(if $(BED),--bed $(BED))
+# The demo's data step, reusable by later steps: shards of GENOME= (BED= optional) under $(DEMO_DATA)/shards,
+# or of hg38 chr22 downloaded from UCSC (checksum-verified, cached under cache/) when GENOME is not given.
+DEMO_DATA ?= data/demo
+demo-shards: install
+	$(PY) -m data_prep demo-shards --out $(DEMO_DATA) $(if $(GENOME),--fasta $(GENOME)) $(if $(BED),--bed $(BED))
+
+demo: demo-shards
+	$(PY) -m data_prep inspect $(DEMO_DATA)/shards
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
