@@ -48,6 +48,13 @@ def load_ctab(ptr, R: tl.constexpr, C: tl.constexpr, SIGN: tl.constexpr):
 
 
 @triton.jit
+def load_cblock(ptr, R: tl.constexpr, C: tl.constexpr, LD: tl.constexpr, PLANE: tl.constexpr):
+    """The top-left [R, C] block of a (2, ., LD) table as a complex tile (row stride LD, plane size PLANE)."""
+    off = tl.arange(0, R)[:, None] * LD + tl.arange(0, C)[None, :]
+    return tl.load(ptr + off), tl.load(ptr + PLANE + off)
+
+
+@triton.jit
 def twiddle2(e, lo_ptr, hi_ptr, NLO, NHI, SHIFT: tl.constexpr, SIGN: tl.constexpr):
     """W_N^e for an integer tile e in [0, N) from two small tables (2, NLO) and (2, NHI), NLO = 2^SHIFT.
 
@@ -66,7 +73,10 @@ def twiddle2(e, lo_ptr, hi_ptr, NLO, NHI, SHIFT: tl.constexpr, SIGN: tl.constexp
 
 @triton.jit
 def fft_tile(xr, xi, fpr, fpi, fqr, fqi, twr, twi, PREC: tl.constexpr):
-    """Forward four-step DFT of a [P, Q] tile (tables loaded with SIGN = +1); output in [k1, k2] order."""
+    """Forward four-step DFT of a [P, Q] tile (tables loaded with SIGN = +1); output in [k1, k2] order.
+
+    The input may be only the first HP rows ([HP, Q], the rest zero) with F_P given as its first HP
+    columns ([P, HP]): zero padding to N >= 2L leaves rows p >= P/2 empty, so half of that dot is skipped."""
     ar, ai = cmm(fpr, fpi, xr, xi, PREC)
     ar, ai = cmul(ar, ai, twr, twi)
     return cmm(ar, ai, fqr, fqi, PREC)
@@ -74,7 +84,9 @@ def fft_tile(xr, xi, fpr, fpi, fqr, fqi, twr, twi, PREC: tl.constexpr):
 
 @triton.jit
 def ifft_tile(yr, yi, fpr, fpi, fqr, fqi, twr, twi, PREC: tl.constexpr):
-    """Unscaled inverse of :func:`fft_tile` (same tables, conjugated here): [k1, k2] order in, [p, q] out."""
+    """Unscaled inverse of :func:`fft_tile` (same tables, conjugated here): [k1, k2] order in, [p, q] out.
+
+    With F_P given as its first HP rows ([HP, P]) only output rows p < HP are formed (those below L)."""
     br, bi = cmm(yr, yi, fqr, -fqi, PREC)
     br, bi = cmul_conj(br, bi, twr, twi)
     return cmm(fpr, -fpi, br, bi, PREC)

@@ -16,15 +16,28 @@ from kernels.fftconv import triton_passes as passes
 from kernels.fftconv.triton_plan import FFTPlan, dft_matrix, make_plan, twiddle_levels, twiddle_split, twiddle_tile
 
 WORK_BUDGET = 1 << 28  # elements (1 GiB in fp32) per multi-pass work buffer
-DOT_PRECISION = "tf32x3"  # fp32 dots on tensor cores at ~fp32 accuracy; fp64 always uses "ieee"
+# tl.dot input precision of the fp32 DFT products, by the precision of the data: tf32 (10-bit mantissa,
+# one tensor-core pass) rounds less than bf16/fp16 inputs and outputs already do; fp32 data gets tf32x3
+# (three passes, ~fp32 accuracy). A 64-point DFT block costs ~1k flops per element per transform, so
+# tf32x3 can make the on-chip path compute-bound. fp64 data always uses exact fp64 dots ("ieee").
+DOT_PRECISION = {"half": "tf32", "fp32": "tf32x3"}
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _prec(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float64 else DOT_PRECISION
+def dot_precision(*data: torch.Tensor) -> str:
+    """The ``input_precision`` of every tl.dot for these data tensors (see DOT_PRECISION)."""
+    if any(t.dtype == torch.float64 for t in data):
+        return "ieee"
+    half = all(t.dtype in (torch.float16, torch.bfloat16) for t in data)
+    return DOT_PRECISION["half" if half else "fp32"]
+
+
+def _half_rows(P: int) -> int:
+    """Rows of a [P, Q] tile that can hold samples (L <= N/2); P itself when P/2 is below tl.dot's 16."""
+    return P // 2 if P >= 32 else P
 
 
 def _warps(elems: int) -> int:
@@ -32,9 +45,10 @@ def _warps(elems: int) -> int:
 
 
 class _Tables:
-    """The DFT matrices and twiddles one plan needs, on the device, in the compute dtype."""
+    """The DFT matrices and twiddles one plan needs, on the device, in the compute dtype; the dot precision."""
 
-    def __init__(self, plan: FFTPlan, dtype, device):
+    def __init__(self, plan: FFTPlan, dtype, device, prec: str):
+        self.prec = prec
         self.fp = dft_matrix(plan.P, dtype, device)
         self.fq = dft_matrix(plan.Q, dtype, device)
         self.tw = twiddle_tile(plan.M, plan.P, plan.Q, dtype, device)
@@ -59,14 +73,15 @@ def fftconv_fwd(u, k, bias, plan: FFTPlan | None = None) -> torch.Tensor:
     Bn, D, L = u.shape
     plan = plan or make_plan(L)
     dt = compute_dtype(u, k, bias)
-    tabs = _Tables(plan, dt, u.device)
+    tabs = _Tables(plan, dt, u.device, dot_precision(u, k))
     y = torch.empty_like(u, memory_format=torch.contiguous_format)
     if plan.onchip:
         kf = _spectrum_onchip(k, plan, tabs, dt)
         blocks, per = _pair_blocks((Bn + 1) // 2, D, u.device)
         fused.fused_fwd_kernel[(D, blocks)](
             u, kf, bias, y, tabs.fp, tabs.fq, tabs.tw, Bn, L, per, u.stride(0), u.stride(1), y.stride(0),
-            y.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q, PREC=_prec(dt), num_warps=_warps(plan.N))
+            y.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q, HP=_half_rows(plan.P), PREC=tabs.prec,
+            num_warps=_warps(plan.N))
         return y
     for d0, d1 in _channel_groups(Bn, D, plan):
         kf = _spectrum_passes(k[d0:d1], plan, tabs, dt)
@@ -74,7 +89,7 @@ def fftconv_fwd(u, k, bias, plan: FFTPlan | None = None) -> torch.Tensor:
         npairs = w.shape[1]
         passes.row_conv_kernel[(d1 - d0, plan.N1)](
             w, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1], plan.N,
-            npairs, w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=_prec(dt),
+            npairs, w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=tabs.prec,
             num_warps=_warps(plan.M))
         _col_inv(w, y[:, d0:d1], plan, tabs, aux=u[:, d0:d1], bias=bias[d0:d1])
     return y
@@ -85,7 +100,7 @@ def fftconv_bwd(grad, u, k, bias, plan: FFTPlan | None = None):
     Bn, D, L = u.shape
     plan = plan or make_plan(L)
     dt = compute_dtype(u, k, bias, grad)
-    tabs = _Tables(plan, dt, u.device)
+    tabs = _Tables(plan, dt, u.device, dot_precision(u, k, grad))
     du = torch.empty_like(u, memory_format=torch.contiguous_format)
     if plan.onchip:
         kf = _spectrum_onchip(k, plan, tabs, dt)
@@ -95,7 +110,7 @@ def fftconv_bwd(grad, u, k, bias, plan: FFTPlan | None = None):
         fused.fused_bwd_kernel[(D, blocks)](
             u, grad, kf, bias, du, dkp, dbp, tabs.fp, tabs.fq, tabs.tw, Bn, L, per, u.stride(0), u.stride(1),
             grad.stride(0), grad.stride(1), du.stride(0), du.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q,
-            PREC=_prec(dt), num_warps=_warps(plan.N))
+            HP=_half_rows(plan.P), PREC=tabs.prec, num_warps=_warps(plan.N))
         return du, dkp.sum(0).to(k.dtype), dbp.sum(0).to(bias.dtype)
     dk = torch.empty(D, L, device=u.device, dtype=dt)
     dbias = torch.empty(D, device=u.device, dtype=dt)
@@ -108,7 +123,7 @@ def fftconv_bwd(grad, u, k, bias, plan: FFTPlan | None = None):
         passes.row_bwd_kernel[(d1 - d0, plan.N1)](
             wu, wg, wk, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1],
             plan.N, wu.shape[1], wu[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift,
-            PREC=_prec(dt), num_warps=_warps(plan.M))
+            PREC=tabs.prec, num_warps=_warps(plan.M))
         _col_inv(wg, du[:, d0:d1], plan, tabs, aux=grad[:, d0:d1], bias=bias[d0:d1])
         _col_inv(wk, dk[None, d0:d1], plan, tabs, pair=False)
     return du, dk.to(k.dtype), dbias.to(bias.dtype)
@@ -124,7 +139,7 @@ def _spectrum_onchip(k, plan: FFTPlan, tabs: _Tables, dt) -> torch.Tensor:
     D = k.shape[0]
     kf = torch.empty(D, 2, plan.P, plan.Q, device=k.device, dtype=dt)
     fused.spectrum_kernel[(D,)](k, kf, tabs.fp, tabs.fq, tabs.tw, plan.L, k.stride(0), P=plan.P, Q=plan.Q,
-                                PREC=_prec(dt), num_warps=_warps(plan.N))
+                                HP=_half_rows(plan.P), PREC=tabs.prec, num_warps=_warps(plan.N))
     return kf
 
 
@@ -135,7 +150,7 @@ def _spectrum_passes(k, plan: FFTPlan, tabs: _Tables, dt) -> torch.Tensor:
     kf = torch.empty(2, Dc, plan.N1, plan.P, plan.Q, device=k.device, dtype=dt)
     passes.row_spectrum_kernel[(Dc, plan.N1)](
         w, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1], plan.N,
-        w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=_prec(dt), num_warps=_warps(plan.M))
+        w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=tabs.prec, num_warps=_warps(plan.M))
     return kf
 
 
@@ -150,7 +165,7 @@ def _col_fwd(x, plan: FFTPlan, tabs: _Tables, dt, pair: bool = True, dot_with=No
     passes.col_fwd_kernel[grid](
         x, v, w, part, tabs.f1, tabs.f2, tabs.tw1, Bn, plan.L, x.stride(0), x.stride(1), v.stride(0), v.stride(1),
         w[0].numel(), M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2, T=plan.T, PAIR=pair,
-        DOT=dot_with is not None, PREC=_prec(dt), num_warps=_warps(plan.N1 * plan.T))
+        DOT=dot_with is not None, PREC=tabs.prec, num_warps=_warps(plan.N1 * plan.T))
     return (w, part) if dot_with is not None else w
 
 
@@ -164,5 +179,5 @@ def _col_inv(w, y, plan: FFTPlan, tabs: _Tables, pair: bool = True, aux=None, bi
     passes.col_inv_kernel[grid](
         w, a, bias if bias is not None else w, y, tabs.f1, tabs.f2, tabs.tw1, Bn, plan.L, a.stride(0), a.stride(1),
         y.stride(0), y.stride(1), w[0].numel(), 1.0 / plan.N, M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2,
-        T=plan.T, PAIR=pair, AUX=aux is not None, PREC=_prec(w.dtype), num_warps=_warps(plan.N1 * plan.T))
+        T=plan.T, PAIR=pair, AUX=aux is not None, PREC=tabs.prec, num_warps=_warps(plan.N1 * plan.T))
 
