@@ -3,7 +3,7 @@
 Preparation: bases/s of ``data_prep shards`` with 1 and 2 workers next to the raw read rate of the same
 FASTA measured in the same run (``raw_file``: reading its bytes; ``raw_bases``: reading them and removing
 line ends, the least any FASTA consumer must do to hold the bases; ``pyfaidx``: 1 Mbp slices with
-``as_raw=True``, the HyenaDNA way). Loading: tokens/s of :class:`pretrain.data.WindowStream` at L = 1k, 32k
+``as_raw=True``, the HyenaDNA way; ``sha256``: hashing the same bytes, which every shard needs). Loading: tokens/s of :class:`pretrain.data.WindowStream` at L = 1k, 32k
 and 1M, in-process (``workers0``: one process doing all a worker does plus the id/label/mask expansion)
 and through the DataLoader with 1 and 2 workers.
 
@@ -14,6 +14,7 @@ Without ``--fasta`` the input is ``../shared/data/hg38/hg38_subset.fa`` (5.35 Mb
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -74,6 +75,12 @@ def raw_rates(fasta: Path, repeats: int) -> dict:
             while block := fh.read(16 << 20):
                 block.replace(b"\n", b"")  # the fastest line-end removal in Python (what pyfaidx uses)
 
+    def sha256_bytes():  # what the manifest's per-shard checksum costs per byte
+        h = hashlib.sha256()
+        with open(fasta, "rb", buffering=0) as fh:
+            while block := fh.read(16 << 20):
+                h.update(block)
+
     def read_pyfaidx():
         fa = pyfaidx.Fasta(str(fasta), as_raw=True)
         for e in entries:
@@ -84,7 +91,8 @@ def raw_rates(fasta: Path, repeats: int) -> dict:
     return {"fasta_bytes": size, "fasta_bases": bases,
             "raw_file_bytes_per_s": size / _best(read_bytes, repeats),
             "raw_bases_per_s": bases / _best(read_bases, repeats),
-            "pyfaidx_bases_per_s": bases / _best(read_pyfaidx, repeats)}
+            "pyfaidx_bases_per_s": bases / _best(read_pyfaidx, repeats),
+            "sha256_bytes_per_s": size / _best(sha256_bytes, repeats)}
 
 
 def prep_rate(fasta: Path, work: Path, workers: int, repeats: int) -> float:
@@ -133,7 +141,7 @@ def main() -> None:
         prep = {f"workers{w}_bases_per_s": prep_rate(fasta, work, w, args.repeats) for w in (1, 2)}
         prep["workers1_over_raw_bases"] = prep["workers1_bases_per_s"] / raw["raw_bases_per_s"]
         prep["workers2_per_worker_over_raw_bases"] = prep["workers2_bases_per_s"] / 2 / raw["raw_bases_per_s"]
-        shards = work / "prep1"
+        shards = work / "loader-shards"
         prepare(PrepConfig(fasta=fasta, out=shards, progress=False, min_acgt=0.0), log=lambda *_: None)
         loader = {f"L{L}": loader_rates(shards, L, args.seconds) for L in (1024, 32768, 1 << 20)}
     import numpy

@@ -31,7 +31,9 @@ def _names(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    prog = "longdna-data" if Path(sys.argv[0]).name == "longdna-data" else "python -m data_prep"
+    p = argparse.ArgumentParser(prog=prog, description="longdna data preparation: genome FASTA (+ split BED) -> "
+                                "WebDataset shards + manifest; inspect, verify, download")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("shards", help="FASTA (+ BED or chromosome lists) -> shards + manifest.json")

@@ -95,7 +95,9 @@ def read_chunk(reader: FastaReader, chunk: Chunk, iupac_to_n: bool) -> tuple[byt
     if bad >= 0:
         char = chr(reader.fetch(chunk.chrom, chunk.start, chunk.end)[bad])
         hint = " (an IUPAC ambiguity code: pass --iupac-to-n to read such codes as N)" \
-            if char.encode() in IUPAC_AMBIGUOUS else ""
+            if char.encode() in IUPAC_AMBIGUOUS else \
+            " (a header or line end inside the sequence: is the .fai index stale? delete it to rebuild)" \
+            if char in ">\r\n" else ""
         raise ValueError(f"non-DNA character {char!r} in FASTA {reader.path}, record {chunk.chrom!r} at offset "
                          f"{chunk.start + bad} (0-based base offset){hint}; only A, C, G, T, N are allowed")
     return bases, n, lower

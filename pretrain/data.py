@@ -76,6 +76,7 @@ class WindowStream:
         self._ids[PAD_BYTE] = PAD_ID
         self._weights = loss_weight_table(soft_mask_weight)
         self._epoch = self._batch = 0
+        self._generation = 0  # bumped when the position jumps: iterators made before then are stale
         self._configure(seq_len, micro_batch)
 
     # -- layout ---------------------------------------------------------------------------------------
@@ -110,7 +111,8 @@ class WindowStream:
         return self._batches
 
     def set_seq_len(self, seq_len: int, micro_batch: int | None = None) -> None:
-        """Switch to a new window length (a warm-up stage); takes effect at the next ``iter()``.
+        """Switch to a new window length (a warm-up stage); takes effect at the next ``iter()`` (iterators
+        made before refuse to continue).
 
         Windows of a new length tile the genome differently, so the stage starts at an epoch boundary: a
         training stream moves to the start of the next epoch when the current one has begun; a finite
@@ -122,6 +124,7 @@ class WindowStream:
         elif self._batch:
             self._epoch += 1
         self._batch = 0
+        self._generation += 1
 
     def stats(self) -> dict:
         """Counts of the current epoch at the current length (see :meth:`EpochPlan.stats`)."""
@@ -148,6 +151,7 @@ class WindowStream:
         self._configure(int(state["seq_len"]), int(state["micro_batch"]))
         _check(0 <= state["batch"] < self._batches, f"loader state batch {state['batch']} outside this epoch")
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+        self._generation += 1
 
     # -- iteration ------------------------------------------------------------------------------------
     def _position(self) -> int:
@@ -171,7 +175,11 @@ class WindowStream:
             # order independent of the number of workers (see pretrain.data_source).
             raw_batches = iter(DataLoader(source, batch_size=None, num_workers=self.num_workers,
                                           prefetch_factor=self.prefetch_factor))
+        generation = self._generation
         for raw in raw_batches:
+            if generation != self._generation:
+                raise RuntimeError("this iterator predates set_seq_len() / load_state_dict(); call iter(stream) "
+                                   "again to continue from the stream's new position")
             self._batch += 1
             if self._batch == self._batches:
                 self._epoch, self._batch = self._epoch + 1, 0

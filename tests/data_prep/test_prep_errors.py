@@ -136,3 +136,11 @@ def test_manifest_of_unknown_version_is_refused(prepared):
         load_manifest(prepared)
     with pytest.raises(ValueError, match="no manifest.json"):
         load_manifest(prepared / "train")
+
+
+def test_a_stale_index_is_reported_as_such(tmp_path, capsys):
+    fa = _fasta(tmp_path, ">chr1\n" + "ACGTACGTAC\n" * 8 + ">chr2\n" + "ACGTACGTAC\n" * 8)
+    assert _cli(capsys, "--fasta", fa, "--out", tmp_path / "a", "--min-acgt", "0")[0] == 0  # writes g.fa.fai
+    fa.write_text(">chr1\n" + "ACGTA\n" * 16 + ">chr2\n" + "ACGTA\n" * 16)  # re-wrapped, index left behind
+    rc, err = _cli(capsys, "--fasta", fa, "--out", tmp_path / "b")
+    assert rc == 2 and "stale" in err and "delete it to rebuild" in err

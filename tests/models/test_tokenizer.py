@@ -56,3 +56,12 @@ def test_character_tokenizer_padding():
     with pytest.raises(ValueError, match="longer than max_length"):
         t("ACGTACGT", max_length=4)
     assert t("ACGTACGT", max_length=4, truncation=True).tolist() == [7, 8, 9, 10]
+
+
+def test_byte_tables_for_bulk_lookups():
+    ids = tok.byte_to_id_table()
+    assert ids.dtype == np.int64 and ids[ord("a")] == ids[ord("A")] == tok.A_ID and ids[ord("*")] == tok.UNK_ID
+    comp = tok.complement_byte_table()
+    assert bytes(comp[np.frombuffer(b"ACGTNacgtn*", dtype=np.uint8)]) == b"TGCANtgcan*"
+    ids[0] = 99  # fresh copies: callers may change them
+    assert tok.byte_to_id_table()[0] == tok.UNK_ID

@@ -144,8 +144,11 @@ def test_evaluation_pass_sees_every_window_once_and_can_repeat(shards):
 
 def test_set_seq_len_switches_stage_at_an_epoch_boundary_and_resumes(shards):
     stream = WindowStream(shards, seq_len=1000, micro_batch=2, seed=1)
-    _take(stream, 3)
+    old = iter(stream)
+    next(old)
     stream.set_seq_len(4000, micro_batch=1)
+    with pytest.raises(RuntimeError, match="call iter"):
+        next(old)
     assert (stream.epoch, stream.seq_len, stream.micro_batch) == (1, 4000, 1)
     state = stream.state_dict()
     a = _take(stream, 3)
