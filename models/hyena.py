@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import kernels
+from models.layers import causal_depthwise_conv
 
 
 class Sin(nn.Module):
@@ -113,9 +114,9 @@ class HyenaOperator(nn.Module):
         L = x.shape[1]
         if L > self.l_max:
             raise ValueError(f"Hyena: sequence length {L} exceeds l_max={self.l_max} (the filters' length)")
-        u = self.in_proj(x).transpose(1, 2)  # (B, 3d, L)
-        uc = self.short_filter(u)[..., :L]  # causal: keep the first L outputs of the left-padded conv
-        x0, x1, v = uc.split(self.d_model, dim=1)
+        u = self.in_proj(x)  # (B, L, 3d)
+        uc = causal_depthwise_conv(u, self.short_filter.weight, self.short_filter.bias)  # = short_filter, causal
+        x0, x1, v = uc.split(self.d_model, dim=-1)
         k = self.filter_fn.filter(L)
-        y = kernels.fftconv(x1 * v, k, self.filter_fn.bias)
-        return self.out_proj((y * x0).transpose(1, 2))
+        y = kernels.fftconv((x1 * v).transpose(1, 2), k, self.filter_fn.bias)  # (B, d, L)
+        return self.out_proj(y.transpose(1, 2) * x0)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from models.layers import causal_depthwise_conv
 
 
 class Mamba(nn.Module):
@@ -57,14 +58,13 @@ class Mamba(nn.Module):
         self.dt_proj.bias._no_reinit = True  # the LM's init must not zero it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, Di) each
-        xc = F.silu(self.conv1d(xin.transpose(1, 2))[..., :L])  # (B, Di, L)
-        dt, B, C = self.x_proj(xc.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        xc = F.silu(causal_depthwise_conv(xin, self.conv1d.weight, self.conv1d.bias))  # = conv1d, causal
+        dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
         wide = torch.promote_types(self.A_log.dtype, torch.float32)
         y = kernels.selective_scan(
-            xc, delta, -torch.exp(self.A_log.to(wide)), B.transpose(1, 2), C.transpose(1, 2),
+            xc.transpose(1, 2), delta, -torch.exp(self.A_log.to(wide)), B.transpose(1, 2), C.transpose(1, 2),
             D=self.D.to(wide), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True,
         )
         return self.out_proj(y.transpose(1, 2))

@@ -6,11 +6,12 @@ Definition (mamba_ssm's ``selective_scan_ref``; layouts of DESIGN §6)::
     h_t   = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t    (h_{-1} = initial_state or 0;  "B̄ = Δ·B", no ZOH on B)
     y_t   = Σ_n C_t[n] h_t[n]  (+ D u_t)          out = y ⊙ silu(z)  (if z is given)
 
-Tensor legend: b batch, g channel groups, k channels per group (D = g·k), n state, t time inside a chunk.
-The state of one chunk is ``(b, g, k, n, t)``; u, Δ, z are viewed as ``(b, g, k, t)``. ``g`` is the least
-common multiple of the group counts of grouped B / C (1 when none is grouped), so every layout of B and C
-broadcasts against the state without copying it to D channels: shared (D, N) -> (1, g, k, n, 1), per batch
-(B, N, L) -> (b, 1, 1, n, t), grouped (B, G, N, L) -> (b, g, 1, n, t).
+Tensor legend: t time inside a chunk, b batch, g channel groups, k channels per group (D = g·k), n state.
+One chunk's states are held time-major, ``(t, b, g, k, n)``, so each level of the parallel scan is one
+vectorised op over whole states; u, Δ are ``(t, b, g, k)``. ``g`` is the least common multiple of the group
+counts of grouped B / C (1 when none is grouped), so every layout of B and C broadcasts against the state
+without being copied to D channels: shared (D, N) -> (g, k, n), per batch (B, N, L) -> (t, b, 1, 1, n),
+grouped (B, G, N, L) -> (t, b, g, 1, n).
 
 Memory: the time axis is cut into chunks of ``chunk`` steps. The forward keeps only the state at each chunk
 start (B·D·N·L/chunk); the backward walks the chunks in reverse, recomputes a chunk's states from its start
@@ -31,7 +32,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK = 64
+CHUNK_STATE_ELEMENTS = 1 << 18  # target size of one chunk's (t, b, d, n) state: ~1 MiB in float32, cache-sized
+MIN_CHUNK, MAX_CHUNK = 16, 256
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus(x) returns x itself where x > 20 (beta = 1)
 
 
@@ -47,13 +49,14 @@ def selective_scan_ref(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
 ):
     """Selective scan with mamba_ssm's layouts (see the module docstring for the definition).
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (D, N) shared, (B, N, L) per batch or (B, G, N, L) grouped;
     D, delta_bias: (D,); initial_state: (B, D, N). ``chunk`` (a power of two) is the number of time steps
-    whose states are materialised at once. Returns ``out`` (B, D, L), or ``(out, last_state)`` with
+    whose states are materialised at once; by default the largest that keeps one chunk's states near
+    ``CHUNK_STATE_ELEMENTS`` (within [16, 256]; states saved for the backward are then at most N/16 x u's size). Returns ``out`` (B, D, L), or ``(out, last_state)`` with
     ``return_last_state=True`` (last_state: (B, D, N)). Differentiable in every tensor argument.
     """
     spec = _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk)
@@ -102,6 +105,9 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk) -> 
             raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
     b_layout = _layout("B", B, batch, dim, nstate, length)
     c_layout = _layout("C", C, batch, dim, nstate, length)
+    if chunk is None:
+        chunk = 1 << max(0, (CHUNK_STATE_ELEMENTS // max(1, batch * dim * nstate)).bit_length() - 1)
+        chunk = min(MAX_CHUNK, max(MIN_CHUNK, chunk))
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"selective_scan: chunk must be a power of two >= 1, got {chunk}")
     groups = 1
