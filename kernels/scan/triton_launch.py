@@ -60,13 +60,23 @@ class ScanGeometry:
 
 
 def geometry(u, A, bv: BCView, cv: BCView, chunk: int, segment: int) -> ScanGeometry:
+    """Tile sizes of one call. BD: the largest power of two <= BLOCK_D dividing the channels per group,
+    halved while there would be fewer than two programs per SM (each program walks all of L)."""
     Bn, D, L = u.shape
     N = A.shape[1]
     T = min(chunk, next_pow2(L))
     nseg = math.ceil(math.ceil(L / T) / segment)
     g = math.gcd(bv.per_group, cv.per_group)
-    BD = 1 << min((g & -g).bit_length() - 1, BLOCK_D.bit_length() - 1)  # largest power of two dividing g
+    BD = 1 << min((g & -g).bit_length() - 1, BLOCK_D.bit_length() - 1)
+    sms = torch.cuda.get_device_properties(u.device).multi_processor_count if u.device.type == "cuda" else 0
+    while BD > 1 and Bn * D // BD < 2 * sms:
+        BD //= 2
     return ScanGeometry(Bn, D, L, N, next_pow2(N), T, segment, BD, nseg)
+
+
+def _warps(g: ScanGeometry) -> int:
+    """About 16 elements of a [BD, NP, T] tile per thread, 1 to 4 warps."""
+    return max(1, min(4, g.BD * g.NP * g.T // 512))
 
 
 def compute_dtype(*tensors) -> torch.dtype:
@@ -92,7 +102,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, chunk: int
         u, delta, A, B, C, D if D is not None else bias, z if z is not None else u, bias,
         h0 if h0 is not None else last, out, last, ck, *_common_args(g, u, A, bv, cv), *h0s,
         BD=g.BD, NP=g.NP, T=g.T, K=g.K, B_VAR=bv.var, C_VAR=cv.var, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_H0=h0 is not None, SOFTPLUS=softplus, num_warps=4)
+        HAS_H0=h0 is not None, SOFTPLUS=softplus, num_warps=_warps(g))
     return out, last[..., : g.nstate].contiguous(), ck
 
 
@@ -120,7 +130,7 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: boo
         dlast if dlast is not None else ck, du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, ddb, dh0,
         scratch, *_common_args(g, u, A, bv, cv), *_bc_grad_strides(dB, bv), *_bc_grad_strides(dC, cv),
         BD=g.BD, NP=g.NP, T=g.T, K=g.K, B_VAR=bv.var, C_VAR=cv.var, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_DLAST=dlast is not None, SOFTPLUS=softplus, num_warps=4)
+        HAS_DLAST=dlast is not None, SOFTPLUS=softplus, num_warps=_warps(g))
     N = g.nstate
 
     def cast(t, like):

@@ -137,3 +137,17 @@ def test_bad_inputs_raise():
         fftconv_triton(u.long(), k, bias)
     with pytest.raises(ValueError, match="too long"):
         make_plan((1 << 23) + 1)
+
+
+@pytest.mark.slow
+def test_one_million_tokens_forward():
+    """L = 2^20: FFT size 2^21 = (16·32 column four-step) x (64·64 row DFT), two-level 2^21 twiddles."""
+    L = 1 << 20
+    plan = make_plan(L)
+    assert (plan.N, plan.N1, plan.R1, plan.R2, plan.M) == (1 << 21, 512, 16, 32, 4096)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 1, L, generator=g)
+    k = torch.randn(1, L, generator=g) * torch.exp(-torch.arange(L) / 1e5)
+    bias = torch.randn(1, generator=g)
+    y = fftconv_fwd(u, k, bias, plan)
+    assert _rel(y, fftconv_ref(u.double(), k.double(), bias.double())) < 2e-6
