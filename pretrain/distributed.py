@@ -13,8 +13,10 @@ compile costs about a minute per machine and gloo does not use it).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import socket
+import warnings
 
 import torch
 
@@ -33,6 +35,8 @@ def fill_launch_env(env: dict | None = None) -> dict:
     if "RANK" not in env and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
         for slurm_key, key in _SLURM_TO_TORCH.items():
             env[key] = env[slurm_key]
+        if "SLURM_NTASKS_PER_NODE" in env:  # e.g. "8" or "8(x2)"
+            env.setdefault("LOCAL_WORLD_SIZE", env["SLURM_NTASKS_PER_NODE"].split("(")[0])
     if "RANK" not in env:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     env.setdefault("LOCAL_RANK", "0")
@@ -58,6 +62,9 @@ def init_distributed(backend: str = "auto") -> tuple[int, int, torch.device]:
     """Start the default process group once; return ``(rank, world_size, device)``."""
     import deepspeed
 
+    # DeepSpeed's INFO lines (config dumps) drown the training log; warnings still show.
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     env = fill_launch_env()
     backend = pick_backend(backend)
     local_rank = int(env["LOCAL_RANK"])

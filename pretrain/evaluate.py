@@ -1,7 +1,7 @@
 """Perplexity of a trained model per context length on a split of prepared shards (one process).
 
     python -m pretrain.evaluate MODEL --data DIR [--split valid] [--seq-lens 1024,4096] [--batch-size 8]
-                                [--max-batches 32] [--out FILE.json]
+                                [--max-batches 32] [--out FILE.json] [--fail-above PPL]
 
 ``MODEL`` is a ``from_pretrained`` directory (``python -m pretrain.export``) or a training checkpoint / run
 directory. Windows come from one ordered pass over the split (no augmentation); every non-N target counts
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None, help="per length (default: the whole split)")
     parser.add_argument("--out", help="also write the results as a JSON list to this file")
+    parser.add_argument("--fail-above", type=float, metavar="PPL",
+                        help="exit with status 1 if a perplexity is not below PPL (a smoke test of training)")
     args = parser.parse_args(argv)
     try:
         seq_lens = [int(x) for x in args.seq_lens.split(",") if x.strip()]
@@ -66,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+    failed = [r for r in results if args.fail_above is not None and not r["ppl"] < args.fail_above]
+    for row in failed:
+        print(f"perplexity {row['ppl']:.4f} at length {row['seq_len']} is not below {args.fail_above}",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

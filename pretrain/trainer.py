@@ -123,6 +123,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step: ``grad_accum`` micro-batches through the engine, then agree across ranks."""
         self.engine.train()
+        lr = self.engine.get_lr()[0]  # the rate this step's update uses (the schedule moves on in step())
         losses = []
         for _ in range(self.stage.grad_accum):
             batch = next(self.train_iter)
@@ -145,7 +146,7 @@ class Trainer:
         self.tokens += self.cfg.train.tokens_per_step
         count = len(losses) * self.world_size
         grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": agreed[0].item() / count if not nonfinite else math.nan, "nonfinite": nonfinite,
+        return {"loss": agreed[0].item() / count if not nonfinite else math.nan, "nonfinite": nonfinite, "lr": lr,
                 "stop": agreed[2].item() > 0, "grad_norm": None if grad_norm is None else float(grad_norm)}
 
     def evaluate(self) -> dict:
@@ -170,7 +171,7 @@ class Trainer:
         dist.all_reduce(mem, op=dist.ReduceOp.MAX)
         return {"step": self.step, "tokens": self.tokens, "seq_len": self.stage.seq_len, "loss": w["loss"],
                 "ppl": perplexity(w["loss"]) if math.isfinite(w["loss"]) else math.nan,
-                "lr": self.engine.get_lr()[0], "grad_norm": w["grad_norm"], "tokens_per_s": w["tokens_per_s"],
+                "lr": w["lr"], "grad_norm": w["grad_norm"], "tokens_per_s": w["tokens_per_s"],
                 "mfu": mfu(flops, w["tokens_per_s"], self.peak_flops, self.world_size),
                 "max_mem_gb": mem.item(), "skipped_steps": w["skipped"]}
 
@@ -222,7 +223,7 @@ class _Window:
 
     def __init__(self, step: int, tokens: int):
         self.step, self.tokens, self.time = step, tokens, time.perf_counter()
-        self.losses, self.grad_norm, self.skipped = [], None, 0
+        self.losses, self.grad_norm, self.skipped, self.lr = [], None, 0, None
 
     def add(self, result: dict) -> None:
         if result["nonfinite"]:
@@ -230,11 +231,12 @@ class _Window:
         else:
             self.losses.append(result["loss"])
             self.grad_norm = result["grad_norm"]
+        self.lr = result["lr"]
 
     def flush(self, step: int, tokens: int) -> dict:
         now = time.perf_counter()
         out = {"loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
-               "grad_norm": self.grad_norm, "skipped": self.skipped,
+               "grad_norm": self.grad_norm, "skipped": self.skipped, "lr": self.lr,
                "tokens_per_s": (tokens - self.tokens) / max(now - self.time, 1e-9)}
         self.__init__(step, tokens)
         return out
