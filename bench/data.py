@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_prep.fasta import FastaReader, load_index  # noqa: E402
+from data_prep.fasta import load_index  # noqa: E402
 from data_prep.prep import PrepConfig, prepare  # noqa: E402
 
 SHARED_FASTA = ROOT.parent / "shared" / "data" / "hg38" / "hg38_subset.fa"

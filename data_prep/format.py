@@ -57,6 +57,7 @@ class Manifest:
         self.root = Path(root)
         self.data = data
         self.fingerprint = hashlib.sha256(raw or json.dumps(data, sort_keys=True).encode()).hexdigest()
+        self._shard_sizes = {sh["path"]: int(sh["bytes"]) for sp in data["splits"].values() for sh in sp["shards"]}
 
     @property
     def chunk_len(self) -> int:
@@ -82,13 +83,7 @@ class Manifest:
 
     def shard_bytes(self, relpath: str) -> int:
         """Recorded file size of a shard."""
-        return self._sizes()[relpath]
-
-    def _sizes(self) -> dict:
-        if not hasattr(self, "_size_cache"):
-            self._size_cache = {sh["path"]: int(sh["bytes"]) for sp in self.data["splits"].values()
-                                for sh in sp["shards"]}
-        return self._size_cache
+        return self._shard_sizes[relpath]
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -111,7 +106,10 @@ def load_manifest(path: Path) -> Manifest:
     for key in ("chunk_len", "splits"):
         if key not in data:
             raise ValueError(f"{file} lacks the field {key!r}; re-prepare the shards")
-    return Manifest(file.parent, data, raw)
+    try:
+        return Manifest(file.parent, data, raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{file} is malformed ({type(err).__name__}: {err}); re-prepare the shards") from None
 
 
 def parse_tar_header(block: bytes) -> tuple[str, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -176,7 +175,3 @@ def _assemble(head: dict, tasks: list[ShardTask], done: dict) -> dict:
     manifest["splits"] = splits
     return manifest
 
-
-def default_workers() -> int:
-    """Workers to use when the caller says nothing: the CPUs this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

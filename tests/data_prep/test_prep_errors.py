@@ -144,3 +144,12 @@ def test_a_stale_index_is_reported_as_such(tmp_path, capsys):
     fa.write_text(">chr1\n" + "ACGTA\n" * 16 + ">chr2\n" + "ACGTA\n" * 16)  # re-wrapped, index left behind
     rc, err = _cli(capsys, "--fasta", fa, "--out", tmp_path / "b")
     assert rc == 2 and "stale" in err and "delete it to rebuild" in err
+
+
+def test_malformed_manifest_is_a_clear_error(prepared):
+    path = prepared / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["splits"]["train"]["shards"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="is malformed .*re-prepare"):
+        load_manifest(prepared)
