@@ -52,13 +52,15 @@ def col_fwd_kernel(x_ptr, v_ptr, w_ptr, part_ptr, f1_ptr, f2_ptr, tw_ptr,
     n1, col = _col_tile_index(cb * T, M, R1, R2, T)
     n = n1 * M + col
     b0 = 2 * pair if PAIR else pair
-    x0 = tl.load(x_ptr + b0 * sx_b + d * sx_d + n, mask=n < tl.where(b0 < nbatch, L, 0), other=0.0).to(acc)
+    m0 = n < tl.where(b0 < nbatch, L, 0)  # a scalar bound per row keeps the masks cheap
+    m1 = n < tl.where(b0 + 1 < nbatch, L, 0)
+    x0 = tl.load(x_ptr + b0 * sx_b + d * sx_d + n, mask=m0, other=0.0).to(acc)
     x1 = tl.zeros_like(x0)
     if PAIR:
-        x1 = tl.load(x_ptr + (b0 + 1) * sx_b + d * sx_d + n, mask=n < tl.where(b0 + 1 < nbatch, L, 0), other=0.0).to(acc)
+        x1 = tl.load(x_ptr + (b0 + 1) * sx_b + d * sx_d + n, mask=m1, other=0.0).to(acc)
     if DOT:
-        v0 = tl.load(v_ptr + b0 * sv_b + d * sv_d + n, mask=n < tl.where(b0 < nbatch, L, 0), other=0.0).to(acc)
-        v1 = tl.load(v_ptr + (b0 + 1) * sv_b + d * sv_d + n, mask=n < tl.where(b0 + 1 < nbatch, L, 0), other=0.0).to(acc)
+        v0 = tl.load(v_ptr + b0 * sv_b + d * sv_d + n, mask=m0, other=0.0).to(acc)
+        v1 = tl.load(v_ptr + (b0 + 1) * sv_b + d * sv_d + n, mask=m1, other=0.0).to(acc)
         part = tl.sum(tl.sum(x0 * v0 + x1 * v1, axis=1), axis=0)
         tl.store(part_ptr + (pair * ndc + d) * tl.num_programs(2) + cb, part)
     yr, yi = col_dft(x0, x1, f1_ptr, f2_ptr, tw_ptr, R1, R2, T, 1, PREC)

@@ -10,12 +10,14 @@ import math
 import pytest
 import torch
 
-import kernels
-from kernels.scan.ref import selective_scan_ref
-from kernels.scan.triton import selective_scan_backward_op, selective_scan_op, selective_scan_triton
+pytest.importorskip("triton", reason="the Triton kernels need the triton package (Linux)")
+
+import kernels  # noqa: E402
+from kernels.scan.ref import selective_scan_ref  # noqa: E402
+from kernels.scan.triton import selective_scan_backward_op, selective_scan_op, selective_scan_triton  # noqa: E402
 
 # max |triton - ref| / max |ref| with the reference in float64 on the same (rounded) inputs
-TOL = {torch.float64: 1e-10, torch.float32: 3e-5, torch.float16: 3e-3}
+TOL = {torch.float64: 1e-10, torch.float32: 3e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
@@ -48,7 +50,8 @@ def _run(fn, inputs, weights, **kw):
 def _compare(inputs, dtype, softplus, chunk, segment):
     x = {k: v.to(dtype) for k, v in inputs.items()}
     u, A = x["u"], x["A"]
-    w = (torch.randn(u.shape, dtype=torch.float64), torch.randn(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64))
+    w = (torch.randn(u.shape, dtype=torch.float64),
+         torch.randn(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64))
     ref = _run(selective_scan_ref, {k: v.double() for k, v in x.items()}, w, delta_softplus=softplus)
     got = _run(selective_scan_triton, x, w, delta_softplus=softplus, chunk=chunk, segment=segment)
     assert got[0].dtype == dtype
@@ -78,6 +81,11 @@ def test_triton_scan_matches_reference(case, dtype):
     if dtype == torch.float16:  # keep the half-precision inputs well inside fp16 range
         inputs = {k: v.clamp(-4, 4) for k, v in inputs.items()}
     _compare(inputs, dtype, softplus, chunk, segment)
+
+
+def test_triton_scan_bfloat16():
+    inputs = {k: v.clamp(-4, 4) for k, v in _make(2, 4, 4, 17, "grouped", "per_batch", seed=5).items()}
+    _compare(inputs, torch.bfloat16, True, 8, 1)
 
 
 def test_triton_scan_float64_tight():
