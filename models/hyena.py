@@ -19,6 +19,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import kernels
 from models.layers import causal_depthwise_conv
@@ -72,8 +73,9 @@ class ExponentialModulation(nn.Module):
 class HyenaFilter(nn.Module):
     """Implicit long filter h(t) (an MLP of positional features, times a decay window) and the bias ``D``."""
 
-    def __init__(self, d_model: int, l_max: int, cfg):
+    def __init__(self, d_model: int, l_max: int, cfg, checkpoint: bool = False):
         super().__init__()
+        self.checkpoint = checkpoint
         self.bias = nn.Parameter(torch.randn(d_model))  # D, the skip term of the long conv
         self.pos_emb = PositionalEmbedding(cfg.emb_dim, l_max)
         act = Sin(cfg.filter_order, w=cfg.w)  # one module, used after every hidden layer
@@ -86,7 +88,13 @@ class HyenaFilter(nn.Module):
                                                 cfg.shift, cfg.modulate)
 
     def filter(self, L: int) -> torch.Tensor:
-        """The long filter for the first L positions, (d, L)."""
+        """The long filter for the first L positions, (d, L). With ``checkpoint``, the filter MLP's (L, order)
+        activations are recomputed in the backward instead of kept (a few percent of the layer's FLOPs)."""
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._filter, L, use_reentrant=False)
+        return self._filter(L)
+
+    def _filter(self, L: int) -> torch.Tensor:
         z, t = self.pos_emb(L)
         h = self.implicit_filter(z.to(self.bias.dtype))
         return self.modulation(t.to(self.bias.dtype), h)[0].transpose(0, 1)
@@ -95,14 +103,14 @@ class HyenaFilter(nn.Module):
 class HyenaOperator(nn.Module):
     """Hyena mixer of order 2 (see the module docstring). ``forward(x (B, L, d)) -> (B, L, d)``."""
 
-    def __init__(self, d_model: int, l_max: int, cfg):
+    def __init__(self, d_model: int, l_max: int, cfg, checkpoint_filter: bool = False):
         super().__init__()
         self.d_model, self.l_max = d_model, l_max
         self.out_proj = nn.Linear(d_model, d_model)  # created first, as in the reference (state-dict order)
         self.in_proj = nn.Linear(d_model, 3 * d_model)
         k = cfg.short_filter_order
         self.short_filter = nn.Conv1d(3 * d_model, 3 * d_model, kernel_size=k, groups=3 * d_model, padding=k - 1)
-        self.filter_fn = HyenaFilter(d_model, l_max, cfg)
+        self.filter_fn = HyenaFilter(d_model, l_max, cfg, checkpoint=checkpoint_filter)
         # The reference keeps the filter MLP (Sin frequency included) free of weight decay (layer.wd = 0.0);
         # biases (D included) and norms are excluded by its optimizer hooks.
         for p in self.filter_fn.implicit_filter.parameters():

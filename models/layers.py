@@ -83,40 +83,51 @@ def tag_no_weight_decay(module: nn.Module) -> None:
             p._no_weight_decay = True
 
 
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          silu: bool = False) -> torch.Tensor:
     """Causal depthwise convolution over time in (B, L, C) layout: ``nn.Conv1d(C, C, k, groups=C, padding=k-1)``
     applied to ``x`` channels-first and truncated to the first L outputs, without the transposes.
 
-    ``y[b, t, c] = bias[c] + sum_j weight[c, 0, j] * x[b, t - (k-1) + j, c]`` (zero before t = 0). ``weight`` has
-    ``nn.Conv1d``'s shape (C, 1, k). Computed as k shifted multiply-adds in ``x``'s dtype (torch's CPU depthwise
-    conv1d backward is orders of magnitude slower); the backward saves only ``x``.
+    ``y[b, t, c] = bias[c] + sum_j weight[c, 0, j] * x[b, t - (k-1) + j, c]`` (zero before t = 0), followed by
+    ``silu`` if asked. ``weight`` has ``nn.Conv1d``'s shape (C, 1, k). Computed as k shifted multiply-adds in
+    ``x``'s dtype (torch's CPU depthwise conv1d backward is orders of magnitude slower); the backward saves only
+    ``x`` and recomputes the convolution (and the activation's input).
     """
     if x.dim() != 3 or weight.shape != (x.shape[2], 1, weight.shape[2]):
         raise ValueError(f"causal_depthwise_conv: x (B, L, C) and weight (C, 1, k) expected, got {tuple(x.shape)} "
                          f"and {tuple(weight.shape)}")
-    return _CausalDepthwiseConv.apply(x, weight, bias)
+    return _CausalDepthwiseConv.apply(x, weight, bias, silu)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    w = weight[:, 0].to(x.dtype)  # (C, k); tap j looks back k-1-j steps
+    k, L = w.shape[1], x.shape[1]
+    y = x * w[:, k - 1]
+    for j in range(k - 1):
+        s = k - 1 - j
+        if s < L:
+            y[:, s:].addcmul_(x[:, : L - s], w[:, j])
+    if bias is not None:
+        y += bias.to(x.dtype)
+    return y
 
 
 class _CausalDepthwiseConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        w = weight[:, 0].to(x.dtype)  # (C, k); tap j looks back k-1-j steps
-        k, L = w.shape[1], x.shape[1]
-        y = x * w[:, k - 1]
-        for j in range(k - 1):
-            s = k - 1 - j
-            if s < L:
-                y[:, s:].addcmul_(x[:, : L - s], w[:, j])
-        if bias is not None:
-            y += bias.to(x.dtype)
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return y
+    def forward(ctx, x, weight, bias, silu):
+        y = _conv(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return F.silu(y, inplace=True) if silu else y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
+        if ctx.silu:  # d silu(p)/dp = s (1 + p (1 - s)), s = sigmoid(p), with p the recomputed pre-activation
+            p = _conv(x, weight, bias)
+            s = torch.sigmoid(p)
+            dy = dy * s * (1 + p * (1 - s))
         w = weight[:, 0].to(x.dtype)
         k, L = w.shape[1], x.shape[1]
         dx = dy * w[:, k - 1]
@@ -127,5 +138,5 @@ class _CausalDepthwiseConv(torch.autograd.Function):
             if s < L:
                 dx[:, : L - s].addcmul_(dy[:, s:], w[:, j])
                 dw[:, j] = torch.einsum("blc,blc->c", dy[:, s:], x[:, : L - s])
-        dbias = dy.sum(dim=(0, 1)).to(weight.dtype) if ctx.has_bias else None
-        return dx, dw.to(weight.dtype)[:, None], dbias
+        dbias = dy.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
+        return dx, dw.to(weight.dtype)[:, None], dbias, None

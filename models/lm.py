@@ -35,11 +35,17 @@ NORM_KIND = {"hyena": "layer", "mamba": "rms", "transformer": "rms"}
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``r + mixer(norm1(r))`` then, with an MLP, ``r + mlp(norm2(r))``."""
+    """Pre-norm residual block: ``r + mixer(norm1(r))`` then, with an MLP, ``r + mlp(norm2(r))``.
+
+    With ``cfg.checkpoint_activations`` the block is checkpointed (``torch.utils.checkpoint``, non-reentrant) as
+    two pieces, norm1+mixer and norm2+MLP (HyenaDNA's checkpoint_mixer / checkpoint_mlp): only the two piece
+    inputs are kept, and the backward of one piece never holds the activations of the other.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         kind, d = NORM_KIND[cfg.arch], cfg.d_model
+        self.checkpoint = cfg.checkpoint_activations
         self.norm1 = make_norm(kind, d, cfg.norm_eps)
         self.mixer = _make_mixer(cfg)
         self.norm2, self.mlp = None, None
@@ -49,19 +55,28 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.resid_dropout)
 
     def forward(self, residual: torch.Tensor) -> torch.Tensor:
-        # The norm input is cast to the norm's dtype; adding a half-precision output to a float32 residual
-        # keeps the stream in float32 (type promotion), and float64 stays float64.
-        h = self.mixer(self.norm1(residual.to(self.norm1.weight.dtype)))
-        residual = residual + self.dropout(h)
+        # Adding a half-precision output to a float32 residual keeps the stream in float32 (type promotion),
+        # and float64 stays float64.
+        residual = residual + self._run(self._mix, residual)
         if self.mlp is not None:
-            h = self.mlp(self.norm2(residual.to(self.norm2.weight.dtype)))
-            residual = residual + self.dropout(h)
+            residual = residual + self._run(self._feed_forward, residual)
         return residual
+
+    def _run(self, piece, residual: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(piece, residual, use_reentrant=False)
+        return piece(residual)
+
+    def _mix(self, residual: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.mixer(self.norm1(residual.to(self.norm1.weight.dtype))))
+
+    def _feed_forward(self, residual: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.mlp(self.norm2(residual.to(self.norm2.weight.dtype))))
 
 
 def _make_mixer(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "hyena":
-        return HyenaOperator(cfg.d_model, cfg.l_max, cfg.hyena)
+        return HyenaOperator(cfg.d_model, cfg.l_max, cfg.hyena, checkpoint_filter=cfg.checkpoint_activations)
     if cfg.arch == "mamba":
         return Mamba(cfg.d_model, cfg.mamba, cfg.dt_rank)
     return CausalSelfAttention(cfg.d_model, cfg.transformer.n_head, cfg.transformer.rope_theta)
@@ -114,9 +129,8 @@ class DNALM(nn.Module):
         residual = self.embed_dropout(inputs_embeds)
         if self.config.residual_in_fp32:
             residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
-        use_ckpt = self.config.checkpoint_activations and torch.is_grad_enabled()
         for layer in self.layers:
-            residual = checkpoint(layer, residual, use_reentrant=False) if use_ckpt else layer(residual)
+            residual = layer(residual)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ class Mamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, Di) each
-        xc = F.silu(causal_depthwise_conv(xin, self.conv1d.weight, self.conv1d.bias))  # = conv1d, causal
+        xc = causal_depthwise_conv(xin, self.conv1d.weight, self.conv1d.bias, silu=True)  # silu(conv1d), causal
         dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
         wide = torch.promote_types(self.A_log.dtype, torch.float32)

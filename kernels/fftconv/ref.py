@@ -63,7 +63,7 @@ class _FFTConvFn(torch.autograd.Function):
     def forward(ctx, u, k, bias):
         batch, dim, length = u.shape
         dt, n = _compute_dtype(u, k, bias), 2 * length
-        y = torch.empty_like(u, memory_format=torch.contiguous_format)
+        y = torch.empty_like(u)  # u's layout: a transposed (B, L, D) view stays one
         for c0, c1 in _channel_groups(batch, dim, length):
             uc, kc = u[:, c0:c1].to(dt), k[c0:c1].to(dt)
             yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * torch.fft.rfft(kc, n=n), n=n)[..., :length]

@@ -255,7 +255,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         chunks = _chunks(spec)
         starts = u.new_empty(len(chunks), spec.batch, g, k, spec.nstate, dtype=dt)
         h = h0.to(dt).unflatten(1, (g, k)) if h0 is not None else _zeros_state(spec, u)
-        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+        out = torch.empty_like(u)  # u's layout: a transposed (B, L, D) view stays one
         for i, (t0, t1) in enumerate(chunks):
             ch = _Chunk(spec, t0, t1, u, delta, A, B, C, delta_bias, softplus)
             starts[i] = h

@@ -40,15 +40,16 @@ def test_apex_norms_are_picked_up_when_importable(monkeypatch):
 
 
 @pytest.mark.parametrize("L", [1, 2, 3, 17])
-@pytest.mark.parametrize("k,bias", [(3, True), (4, True), (4, False), (1, True)])
-def test_causal_depthwise_conv_matches_conv1d(L, k, bias):
+@pytest.mark.parametrize("k,bias,silu", [(3, True, False), (4, True, True), (4, False, False), (1, True, True)])
+def test_causal_depthwise_conv_matches_conv1d(L, k, bias, silu):
     torch.manual_seed(L + k)
     conv = nn.Conv1d(6, 6, k, groups=6, padding=k - 1, bias=bias).double()
     x = torch.randn(2, L, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, L, 6, dtype=torch.float64)
     ref = conv(x.transpose(1, 2))[..., :L].transpose(1, 2)
+    ref = torch.nn.functional.silu(ref) if silu else ref
     ref_grads = torch.autograd.grad((ref * w).sum(), [x, *conv.parameters()])
-    out = causal_depthwise_conv(x, conv.weight, conv.bias)
+    out = causal_depthwise_conv(x, conv.weight, conv.bias, silu=silu)
     grads = torch.autograd.grad((out * w).sum(), [x, *conv.parameters()])
     assert torch.allclose(out, ref, rtol=1e-13, atol=1e-14)
     for g, r in zip(grads, ref_grads):

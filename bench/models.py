@@ -1,0 +1,138 @@
+"""Forward + backward time and peak memory of one training step, batch 1, L = 2^10 ... 2^20 tokens.
+
+    python bench/models.py                          # hyena and mamba (d_model 128, 2 layers), L = 2^10..2^20
+    python bench/models.py --arch mamba --max-log2 16 --png bench/results/models_memory.png
+
+Each (architecture, L) point runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is that step's alone;
+``base_rss_gb`` is the RSS after building the model, before the step. Prints one JSON object per point (one
+line each) and a summary list at the end, and writes a PNG of time and peak RSS against L. Tokens come from real
+GRCh38 (chr20 of ../shared/data/hg38/hg38_subset.fa) when that file is present, else uniform random bases.
+The 2^20 points need up to ~16 GB of RAM: run on a machine where nothing else is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this file's directory comes first on sys.path and `import models` would import this file
+# (bench/models.py) instead of the package: put the repository root there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO)
+HG38 = REPO.parent / "shared" / "data" / "hg38" / "hg38_subset.fa"
+ARCHS = {
+    "hyena": {"arch": "hyena", "d_model": 128, "n_layer": 2},
+    "mamba": {"arch": "mamba", "d_model": 128, "n_layer": 2},
+}
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
+def _tokens(L: int):
+    import numpy as np
+    import torch
+
+    from models.tokenizer import encode
+
+    if HG38.exists():
+        import pyfaidx
+
+        seq = pyfaidx.Fasta(str(HG38), as_raw=True)["chr20"][100_000:100_000 + L + 1]
+        return torch.from_numpy(encode(seq).astype(np.int64))[None], "hg38 chr20:100001"
+    return torch.randint(7, 11, (1, L + 1)), "random"
+
+
+def run_point(arch: str, log2: int, checkpoint: bool) -> dict:
+    """One training step (forward, loss, backward) at L = 2^log2 in this process; returns its measurements."""
+    import torch
+    import torch.nn.functional as F
+
+    import models
+
+    L = 1 << log2
+    torch.manual_seed(0)
+    model = models.build_model({**ARCHS[arch], "l_max": L, "checkpoint_activations": checkpoint})
+    ids, source = _tokens(L)
+    warm = ids[:, : min(L, 1024) + 1]  # a short step first: one-off initialisation stays out of the timing
+    F.cross_entropy(model(warm[:, :-1])[0], warm[0, 1:]).backward()
+    model.zero_grad(set_to_none=True)
+    base = _rss_gb()
+    t0 = time.perf_counter()
+    logits = model(ids[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[0, 1:])
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    return {"arch": arch, "L": L, "d_model": model.config.d_model, "n_layer": model.config.n_layer,
+            "checkpoint_activations": checkpoint, "tokens": source, "loss": round(loss.item(), 4),
+            "forward_s": round(t1 - t0, 2), "backward_s": round(t2 - t1, 2), "step_s": round(t2 - t0, 2),
+            "base_rss_gb": round(base, 3), "peak_rss_gb": round(_rss_gb(), 3),
+            "torch_threads": torch.get_num_threads()}
+
+
+def plot(results: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for arch in sorted({r["arch"] for r in results}):
+        rows = sorted((r for r in results if r["arch"] == arch), key=lambda r: r["L"])
+        xs = [r["L"] for r in rows]
+        ax_t.plot(xs, [r["step_s"] for r in rows], "o-", label=arch)
+        ax_m.plot(xs, [r["peak_rss_gb"] for r in rows], "o-", label=arch)
+    for ax, ylabel in ((ax_t, "forward + backward (s)"), (ax_m, "peak RSS (GB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length L (tokens, batch 1)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    ax_t.set_yscale("log")
+    ax_m.axhline(16, color="grey", ls="--", lw=1)
+    fig.suptitle("one training step on CPU, d_model 128, 2 layers, float32")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=list(ARCHS), action="append", help="repeatable; default: all")
+    parser.add_argument("--min-log2", type=int, default=10)
+    parser.add_argument("--max-log2", type=int, default=20)
+    parser.add_argument("--no-checkpoint", action="store_true", help="disable per-block activation checkpointing")
+    parser.add_argument("--png", type=Path, default=REPO / "bench" / "results" / "models_memory.png")
+    parser.add_argument("--point", nargs=2, metavar=("ARCH", "LOG2"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.point:
+        print(json.dumps(run_point(args.point[0], int(args.point[1]), not args.no_checkpoint)))
+        return 0
+    results = []
+    for arch in args.arch or list(ARCHS):
+        for log2 in range(args.min_log2, args.max_log2 + 1):
+            cmd = [sys.executable, __file__, "--point", arch, str(log2)] + (["--no-checkpoint"] * args.no_checkpoint)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                results.append({"arch": arch, "L": 1 << log2, "error": proc.stderr.strip().splitlines()[-1:]})
+                print(json.dumps(results[-1]), flush=True)
+                break
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+    ok = [r for r in results if "error" not in r]
+    if ok:
+        plot(ok, args.png)
+    print(json.dumps({"results": results, "png": str(args.png)}))
+    return 0 if len(ok) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
