@@ -103,16 +103,17 @@ def col_dft(xr, xi, f1_ptr, f2_ptr, tw_ptr, R1: tl.constexpr, R2: tl.constexpr, 
     """
     fr, fi = load_ctab(f1_ptr, R1, R1, SIGN)
     ar, ai = cmm(fr, fi, xr, xi, PREC)
-    if R2 == 1:
-        return ar, ai
-    # twiddle W_{N1}^{k1·r2}, broadcast over t
-    k1 = tl.arange(0, R1)[:, None]
-    r2 = tl.arange(0, R2 * T)[None, :] // T
-    twr = tl.load(tw_ptr + k1 * R2 + r2)
-    twi = tl.load(tw_ptr + R1 * R2 + k1 * R2 + r2) * SIGN
-    ar, ai = cmul(ar, ai, twr, twi)
-    # bring r2 to the contracted (last) axis: [R1, R2, T] -> [R1, T, R2] -> [R1·T, R2]
-    ar = tl.reshape(tl.permute(tl.reshape(ar, (R1, R2, T)), (0, 2, 1)), (R1 * T, R2))
-    ai = tl.reshape(tl.permute(tl.reshape(ai, (R1, R2, T)), (0, 2, 1)), (R1 * T, R2))
-    gr, gi = load_ctab(f2_ptr, R2, R2, SIGN)
-    return cmm(ar, ai, gr, gi, PREC)
+    # single exit: the compiler keeps visiting code after a return inside a constexpr if
+    if R2 > 1:
+        # twiddle W_{N1}^{k1·r2}, broadcast over t
+        k1 = tl.arange(0, R1)[:, None]
+        r2 = tl.arange(0, R2 * T)[None, :] // T
+        twr = tl.load(tw_ptr + k1 * R2 + r2)
+        twi = tl.load(tw_ptr + R1 * R2 + k1 * R2 + r2) * SIGN
+        ar, ai = cmul(ar, ai, twr, twi)
+        # bring r2 to the contracted (last) axis: [R1, R2, T] -> [R1, T, R2] -> [R1·T, R2]
+        ar = tl.reshape(tl.permute(tl.reshape(ar, (R1, R2, T)), (0, 2, 1)), (R1 * T, R2))
+        ai = tl.reshape(tl.permute(tl.reshape(ai, (R1, R2, T)), (0, 2, 1)), (R1 * T, R2))
+        gr, gi = load_ctab(f2_ptr, R2, R2, SIGN)
+        ar, ai = cmm(ar, ai, gr, gi, PREC)
+    return ar, ai

@@ -2,7 +2,9 @@
 
 ``fftconv_fwd(u, k, bias)`` and ``fftconv_bwd(grad, u, k, bias)`` take validated, unit-L-stride tensors
 (see :mod:`kernels.fftconv.triton`); computation is fp32 (fp64 for float64 inputs). The multi-pass path
-processes channels in groups so its work buffers stay under ``WORK_BUDGET`` elements each.
+processes channels in groups so its work buffers stay under ``WORK_BUDGET`` elements each. The compile-time
+parameters of every kernel (constexprs and warps) come from the ``*_meta`` functions, which the compile
+test reuses.
 """
 
 from __future__ import annotations
@@ -35,13 +37,24 @@ def dot_precision(*data: torch.Tensor) -> str:
     return DOT_PRECISION["half" if half else "fp32"]
 
 
-def _half_rows(P: int) -> int:
-    """Rows of a [P, Q] tile that can hold samples (L <= N/2); P itself when P/2 is below tl.dot's 16."""
-    return P // 2 if P >= 32 else P
-
-
 def _warps(elems: int) -> int:
-    return 8 if elems >= 2048 else 4
+    return 8 if elems >= 1024 else 4
+
+
+def onchip_meta(plan: FFTPlan, prec: str) -> dict:
+    """Constexprs of the fused kernels. HP: rows of a [P, Q] tile that can hold samples (L <= N/2);
+    P itself when P/2 would be below tl.dot's 16."""
+    return dict(P=plan.P, Q=plan.Q, HP=plan.P // 2 if plan.P >= 32 else plan.P, PREC=prec,
+                num_warps=_warps(plan.N))
+
+
+def row_meta(plan: FFTPlan, prec: str) -> dict:
+    return dict(P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=twiddle_split(plan.N), PREC=prec, num_warps=8)
+
+
+def col_meta(plan: FFTPlan, prec: str) -> dict:
+    return dict(M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2, T=plan.T, PREC=prec,
+                num_warps=_warps(plan.N1 * plan.T))
 
 
 class _Tables:
@@ -57,7 +70,10 @@ class _Tables:
             self.f2 = dft_matrix(plan.R2, dtype, device) if plan.R2 > 1 else self.f1
             self.tw1 = twiddle_tile(plan.N1, plan.R1, plan.R2, dtype, device)
             self.lo, self.hi = twiddle_levels(plan.N, dtype, device)
-            self.shift = twiddle_split(plan.N)
+
+    def row_args(self, N: int):
+        """Row-pass table arguments: the size-M tables and the two-level twiddle tables of size N."""
+        return (self.fp, self.fq, self.tw, self.lo, self.hi, self.lo.shape[1], self.hi.shape[1], N)
 
 
 def _pair_blocks(npairs: int, nchan: int, device: torch.device) -> tuple[int, int]:
@@ -80,17 +96,13 @@ def fftconv_fwd(u, k, bias, plan: FFTPlan | None = None) -> torch.Tensor:
         blocks, per = _pair_blocks((Bn + 1) // 2, D, u.device)
         fused.fused_fwd_kernel[(D, blocks)](
             u, kf, bias, y, tabs.fp, tabs.fq, tabs.tw, Bn, L, per, u.stride(0), u.stride(1), y.stride(0),
-            y.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q, HP=_half_rows(plan.P), PREC=tabs.prec,
-            num_warps=_warps(plan.N))
+            y.stride(1), 1.0 / plan.N, **onchip_meta(plan, tabs.prec))
         return y
     for d0, d1 in _channel_groups(Bn, D, plan):
         kf = _spectrum_passes(k[d0:d1], plan, tabs, dt)
         w = _col_fwd(u[:, d0:d1], plan, tabs, dt)
-        npairs = w.shape[1]
         passes.row_conv_kernel[(d1 - d0, plan.N1)](
-            w, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1], plan.N,
-            npairs, w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=tabs.prec,
-            num_warps=_warps(plan.M))
+            w, kf, *tabs.row_args(plan.N), w.shape[1], w[0].numel(), **row_meta(plan, tabs.prec))
         _col_inv(w, y[:, d0:d1], plan, tabs, aux=u[:, d0:d1], bias=bias[d0:d1])
     return y
 
@@ -109,8 +121,7 @@ def fftconv_bwd(grad, u, k, bias, plan: FFTPlan | None = None):
         dbp = torch.empty(blocks, D, device=u.device, dtype=dt)
         fused.fused_bwd_kernel[(D, blocks)](
             u, grad, kf, bias, du, dkp, dbp, tabs.fp, tabs.fq, tabs.tw, Bn, L, per, u.stride(0), u.stride(1),
-            grad.stride(0), grad.stride(1), du.stride(0), du.stride(1), 1.0 / plan.N, P=plan.P, Q=plan.Q,
-            HP=_half_rows(plan.P), PREC=tabs.prec, num_warps=_warps(plan.N))
+            grad.stride(0), grad.stride(1), du.stride(0), du.stride(1), 1.0 / plan.N, **onchip_meta(plan, tabs.prec))
         return du, dkp.sum(0).to(k.dtype), dbp.sum(0).to(bias.dtype)
     dk = torch.empty(D, L, device=u.device, dtype=dt)
     dbias = torch.empty(D, device=u.device, dtype=dt)
@@ -121,9 +132,7 @@ def fftconv_bwd(grad, u, k, bias, plan: FFTPlan | None = None):
         dbias[d0:d1] = part.sum(dim=(0, 2))
         wk = torch.empty(2, 1, d1 - d0, plan.N1, plan.M, device=u.device, dtype=dt)
         passes.row_bwd_kernel[(d1 - d0, plan.N1)](
-            wu, wg, wk, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1],
-            plan.N, wu.shape[1], wu[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift,
-            PREC=tabs.prec, num_warps=_warps(plan.M))
+            wu, wg, wk, kf, *tabs.row_args(plan.N), wu.shape[1], wu[0].numel(), **row_meta(plan, tabs.prec))
         _col_inv(wg, du[:, d0:d1], plan, tabs, aux=grad[:, d0:d1], bias=bias[d0:d1])
         _col_inv(wk, dk[None, d0:d1], plan, tabs, pair=False)
     return du, dk.to(k.dtype), dbias.to(bias.dtype)
@@ -138,8 +147,7 @@ def _channel_groups(Bn: int, D: int, plan: FFTPlan):
 def _spectrum_onchip(k, plan: FFTPlan, tabs: _Tables, dt) -> torch.Tensor:
     D = k.shape[0]
     kf = torch.empty(D, 2, plan.P, plan.Q, device=k.device, dtype=dt)
-    fused.spectrum_kernel[(D,)](k, kf, tabs.fp, tabs.fq, tabs.tw, plan.L, k.stride(0), P=plan.P, Q=plan.Q,
-                                HP=_half_rows(plan.P), PREC=tabs.prec, num_warps=_warps(plan.N))
+    fused.spectrum_kernel[(D,)](k, kf, tabs.fp, tabs.fq, tabs.tw, plan.L, k.stride(0), **onchip_meta(plan, tabs.prec))
     return kf
 
 
@@ -148,9 +156,7 @@ def _spectrum_passes(k, plan: FFTPlan, tabs: _Tables, dt) -> torch.Tensor:
     Dc = k.shape[0]
     w = _col_fwd(k[None], plan, tabs, dt, pair=False)
     kf = torch.empty(2, Dc, plan.N1, plan.P, plan.Q, device=k.device, dtype=dt)
-    passes.row_spectrum_kernel[(Dc, plan.N1)](
-        w, kf, tabs.fp, tabs.fq, tabs.tw, tabs.lo, tabs.hi, tabs.lo.shape[1], tabs.hi.shape[1], plan.N,
-        w[0].numel(), P=plan.P, Q=plan.Q, N1=plan.N1, SHIFT=tabs.shift, PREC=tabs.prec, num_warps=_warps(plan.M))
+    passes.row_spectrum_kernel[(Dc, plan.N1)](w, kf, *tabs.row_args(plan.N), w[0].numel(), **row_meta(plan, tabs.prec))
     return kf
 
 
@@ -164,8 +170,7 @@ def _col_fwd(x, plan: FFTPlan, tabs: _Tables, dt, pair: bool = True, dot_with=No
     v = dot_with if dot_with is not None else x
     passes.col_fwd_kernel[grid](
         x, v, w, part, tabs.f1, tabs.f2, tabs.tw1, Bn, plan.L, x.stride(0), x.stride(1), v.stride(0), v.stride(1),
-        w[0].numel(), M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2, T=plan.T, PAIR=pair,
-        DOT=dot_with is not None, PREC=tabs.prec, num_warps=_warps(plan.N1 * plan.T))
+        w[0].numel(), PAIR=pair, DOT=dot_with is not None, **col_meta(plan, tabs.prec))
     return (w, part) if dot_with is not None else w
 
 
@@ -173,11 +178,9 @@ def _col_inv(w, y, plan: FFTPlan, tabs: _Tables, pair: bool = True, aux=None, bi
     """Inverse column pass: work (2, pairs, Dc, N1, M) -> y (B, Dc, L) (+ bias·aux). ``pair``: the real and
     imaginary parts are rows 2i and 2i+1 of y; else only the real part is kept, as row i (the dk case)."""
     Bn, Dc, _ = y.shape
-    npairs = w.shape[1]
-    grid = (Dc, npairs, plan.M // plan.T)
+    grid = (Dc, w.shape[1], plan.M // plan.T)
     a = aux if aux is not None else y
     passes.col_inv_kernel[grid](
         w, a, bias if bias is not None else w, y, tabs.f1, tabs.f2, tabs.tw1, Bn, plan.L, a.stride(0), a.stride(1),
-        y.stride(0), y.stride(1), w[0].numel(), 1.0 / plan.N, M=plan.M, N1=plan.N1, R1=plan.R1, R2=plan.R2,
-        T=plan.T, PAIR=pair, AUX=aux is not None, PREC=tabs.prec, num_warps=_warps(plan.N1 * plan.T))
-
+        y.stride(0), y.stride(1), w[0].numel(), 1.0 / plan.N, PAIR=pair, AUX=aux is not None,
+        **col_meta(plan, tabs.prec))

@@ -31,10 +31,14 @@ def _col_tile_index(c0, M: tl.constexpr, R1: tl.constexpr, R2: tl.constexpr, T: 
 @triton.jit
 def _col_out_index(c0, R1: tl.constexpr, R2: tl.constexpr, T: tl.constexpr):
     """Frequency (or, inverse, time) index n1 and column of the output tile of :func:`col_dft`."""
-    if R2 == 1:
-        return tl.arange(0, R1)[:, None], c0 + tl.arange(0, T)[None, :]
-    r = tl.arange(0, R1 * T)[:, None]
-    return r // T + R1 * tl.arange(0, R2)[None, :], c0 + r % T
+    if R2 == 1:  # [R1, T]
+        n1 = tl.arange(0, R1)[:, None]
+        col = c0 + tl.arange(0, T)[None, :]
+    else:  # [R1·T, R2]
+        r = tl.arange(0, R1 * T)[:, None]
+        n1 = r // T + R1 * tl.arange(0, R2)[None, :]
+        col = c0 + r % T
+    return n1, col
 
 
 @triton.jit

@@ -4,10 +4,10 @@ A causal linear convolution of length L is exact with any FFT size N >= 2L - 1; 
 two >= 2L (at least 256), so every L from 1 to 2^23 has a plan. The transform is a four-step (Monarch)
 decomposition whose factors are DFT matrices applied with ``tl.dot``:
 
-* on chip (N <= ``max_row``, 4096 by default): one program holds a whole sequence as a [P, Q] tile,
+* on chip (N <= ``max_row``, 2048 by default): one program holds a whole sequence as a [P, Q] tile,
   N = P·Q with P, Q in 16..64, and runs the fused kernel (load u, DFT, product with the filter spectrum,
   inverse DFT, + bias·u, store) — u and y cross memory once.
-* longer: N = N1·M. A *column pass* does DFTs of size N1 over the strided index (N1 <= 64 as one dense
+* longer: N = N1·M (M <= ``max_row``). A *column pass* does DFTs of size N1 over the strided index (N1 <= 64 as one dense
   DFT matrix, N1 >= 256 as a second four-step R1·R2 on chip), a *row pass* does the twiddle, the size-M
   DFT on chip, the product, the inverse size-M DFT and the conjugate twiddle, and an inverse column pass
   returns to time, truncates to L and adds bias·u. Three passes over an fp32 complex work buffer.
@@ -24,7 +24,11 @@ from dataclasses import dataclass
 import torch
 
 MIN_N = 256  # smallest FFT: a 16 x 16 tile (tl.dot needs every dimension >= 16)
-MAX_ROW = 4096  # largest FFT held on chip by one program (64 x 64)
+MAX_TILE = 4096  # largest FFT one program can hold (64 x 64)
+# Default on-chip limit: compiled for sm_90 at 8 warps, the 32 x 64 tiles need no register spills while
+# 64 x 64 tiles spill 1.5-3.7 KB per thread (tests/kernels/test_triton_compile.py checks this).
+MAX_ROW = 2048
+COL_TILE = 8192  # complex values per column-pass tile (N1 x T); 16384 spills
 MAX_N = 1 << 24  # N1 <= 4096 and M <= 4096
 
 
@@ -68,19 +72,20 @@ def make_plan(L: int, max_row: int = MAX_ROW) -> FFTPlan:
     """The FFT plan for sequences of length ``L`` (``max_row``: largest on-chip FFT, a power of two >= 256)."""
     if L < 1:
         raise ValueError(f"fftconv: the sequence length must be >= 1, got {L}")
-    if max_row < MIN_N or max_row & (max_row - 1) or max_row > MAX_ROW:
-        raise ValueError(f"fftconv: max_row must be a power of two in [{MIN_N}, {MAX_ROW}], got {max_row}")
+    if max_row < MIN_N or max_row & (max_row - 1) or max_row > MAX_TILE:
+        raise ValueError(f"fftconv: max_row must be a power of two in [{MIN_N}, {MAX_TILE}], got {max_row}")
     N = max(MIN_N, next_pow2(2 * L))
     if N > MAX_N:
         raise ValueError(f"fftconv: L={L} is too long for the Triton kernel (at most {MAX_N // 2}); use impl='torch'")
     if N <= max_row:
         return FFTPlan(L, N, *_split(N))
     # column sizes a column program can do: one dense DFT (16..64) or a four-step of two such (256..4096)
-    cands = [c for c in (16, 32, 64, 256, 512, 1024, 2048, 4096) if MIN_N <= N // c <= MAX_ROW]
+    cands = [c for c in (16, 32, 64, 256, 512, 1024, 2048, 4096) if MIN_N <= N // c <= MAX_TILE]
     fitting = [c for c in cands if N // c <= max_row]
     N1 = fitting[0] if fitting else cands[-1]
     R1, R2 = (N1, 1) if N1 <= 64 else _split(N1)
-    T = max(16, min(64, 4096 // N1))  # columns per program: a tile of about 4096 complex values
+    # columns per program: N1·T <= COL_TILE; a dense column DFT needs T >= 16 (a tl.dot dimension)
+    T = max(16 if R2 == 1 else 8, min(64, COL_TILE // N1))
     return FFTPlan(L, N, *_split(N // N1), N1=N1, R1=R1, R2=R2, T=T)
 
 

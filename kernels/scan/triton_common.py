@@ -10,7 +10,7 @@ passes through them unchanged and the chunk's last column is the state at L - 1.
 import triton
 import triton.language as tl
 
-SOFTPLUS_THRESHOLD: tl.constexpr = 20.0  # F.softplus returns x itself past 20
+SOFTPLUS_THRESHOLD = tl.constexpr(20.0)  # F.softplus returns x past 20; jit globals must be constexpr instances
 
 
 @triton.jit
@@ -44,10 +44,10 @@ def load_bc(ptr, b, g, s_b, s_g, s_n, s_d, dd, nn, t, N, L, dtype, VAR: tl.const
     nm = nn < N
     if VAR:
         off = b * s_b + g * s_g + nn[:, None] * s_n + t[None, :]
-        x = tl.load(ptr + off, mask=nm[:, None] & (t[None, :] < L), other=0.0).to(dtype)
-        return x[None, :, :]
-    x = tl.load(ptr + dd[:, None] * s_d + nn[None, :] * s_n, mask=nm[None, :], other=0.0).to(dtype)
-    return x[:, :, None]
+        x3 = tl.load(ptr + off, mask=nm[:, None] & (t[None, :] < L), other=0.0).to(dtype)[None, :, :]
+    else:
+        x3 = tl.load(ptr + dd[:, None] * s_d + nn[None, :] * s_n, mask=nm[None, :], other=0.0).to(dtype)[:, :, None]
+    return x3
 
 
 @triton.jit

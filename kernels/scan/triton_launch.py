@@ -74,9 +74,11 @@ def geometry(u, A, bv: BCView, cv: BCView, chunk: int, segment: int) -> ScanGeom
     return ScanGeometry(Bn, D, L, N, next_pow2(N), T, segment, BD, nseg)
 
 
-def _warps(g: ScanGeometry) -> int:
-    """About 16 elements of a [BD, NP, T] tile per thread, 1 to 4 warps."""
-    return max(1, min(4, g.BD * g.NP * g.T // 512))
+def scan_meta(g: ScanGeometry, bv: BCView, cv: BCView, has_D: bool, has_z: bool, softplus: bool) -> dict:
+    """Constexprs and warps shared by the forward and backward kernels. Warps: about 8 elements of a
+    [BD, NP, T] tile per thread, 2 to 8 (spill-free on sm_90 at T = 32, see the compile test)."""
+    return dict(BD=g.BD, NP=g.NP, T=g.T, K=g.K, B_VAR=bv.var, C_VAR=cv.var, HAS_D=has_D, HAS_Z=has_z,
+                SOFTPLUS=softplus, num_warps=max(2, min(8, g.BD * g.NP * g.T // 256)))
 
 
 def compute_dtype(*tensors) -> torch.dtype:
@@ -101,8 +103,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, chunk: int
     scan_fwd_kernel[(g.batch, g.dim // g.BD)](
         u, delta, A, B, C, D if D is not None else bias, z if z is not None else u, bias,
         h0 if h0 is not None else last, out, last, ck, *_common_args(g, u, A, bv, cv), *h0s,
-        BD=g.BD, NP=g.NP, T=g.T, K=g.K, B_VAR=bv.var, C_VAR=cv.var, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_H0=h0 is not None, SOFTPLUS=softplus, num_warps=_warps(g))
+        HAS_H0=h0 is not None, **scan_meta(g, bv, cv, D is not None, z is not None, softplus))
     return out, last[..., : g.nstate].contiguous(), ck
 
 
@@ -129,8 +130,7 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: boo
         u, delta, A, B, C, D if D is not None else bias, z if z is not None else u, bias, ck, dout,
         dlast if dlast is not None else ck, du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, ddb, dh0,
         scratch, *_common_args(g, u, A, bv, cv), *_bc_grad_strides(dB, bv), *_bc_grad_strides(dC, cv),
-        BD=g.BD, NP=g.NP, T=g.T, K=g.K, B_VAR=bv.var, C_VAR=cv.var, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_DLAST=dlast is not None, SOFTPLUS=softplus, num_warps=_warps(g))
+        HAS_DLAST=dlast is not None, **scan_meta(g, bv, cv, D is not None, z is not None, softplus))
     N = g.nstate
 
     def cast(t, like):

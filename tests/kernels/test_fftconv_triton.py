@@ -9,7 +9,7 @@ import kernels  # noqa: E402
 from kernels.fftconv.ref import fftconv_ref  # noqa: E402
 from kernels.fftconv.triton import fftconv_backward_op, fftconv_op, fftconv_triton  # noqa: E402
 from kernels.fftconv.triton_launch import fftconv_bwd, fftconv_fwd  # noqa: E402
-from kernels.fftconv.triton_plan import MAX_ROW, MIN_N, make_plan  # noqa: E402
+from kernels.fftconv.triton_plan import COL_TILE, MAX_ROW, MAX_TILE, MIN_N, make_plan  # noqa: E402
 
 # max |triton - ref| / max |ref|, ref evaluated in float64 on the same (rounded) inputs
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -122,10 +122,11 @@ def test_plans_cover_every_length():
             continue
         p = make_plan(L)
         assert p.N >= 2 * L - 1 and p.N == p.N1 * p.P * p.Q and p.N >= MIN_N
-        assert 16 <= p.P <= 64 and 16 <= p.Q <= 64 and p.M <= MAX_ROW
+        assert 16 <= p.P <= 64 and 16 <= p.Q <= 64 and p.M <= (MAX_ROW if L <= 1 << 20 else MAX_TILE)
         if not p.onchip:
             assert p.N1 == p.R1 * p.R2 and 16 <= p.R1 <= 64 and (p.R2 == 1 or 16 <= p.R2 <= 64)
-            assert p.M % p.T == 0 and p.M >= MIN_N
+            assert p.M % p.T == 0 and p.M >= MIN_N and p.T >= (16 if p.R2 == 1 else 8)
+            assert p.N1 * p.T <= COL_TILE or p.T == 8
     assert make_plan(1 << 20).N == 1 << 21
 
 
@@ -143,10 +144,10 @@ def test_bad_inputs_raise():
 
 @pytest.mark.slow
 def test_one_million_tokens_forward():
-    """L = 2^20: FFT size 2^21 = (16·32 column four-step) x (64·64 row DFT), two-level 2^21 twiddles."""
+    """L = 2^20: FFT size 2^21 = (32·32 column four-step) x (32·64 row DFT), two-level 2^21 twiddles."""
     L = 1 << 20
     plan = make_plan(L)
-    assert (plan.N, plan.N1, plan.R1, plan.R2, plan.M) == (1 << 21, 512, 16, 32, 4096)
+    assert (plan.N, plan.N1, plan.R1, plan.R2, plan.M, plan.T) == (1 << 21, 1024, 32, 32, 2048, 8)
     g = torch.Generator().manual_seed(0)
     u = torch.randn(2, 1, L, generator=g)
     k = torch.randn(1, L, generator=g) * torch.exp(-torch.arange(L) / 1e5)
