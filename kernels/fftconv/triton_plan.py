@@ -7,10 +7,11 @@ decomposition whose factors are DFT matrices applied with ``tl.dot``:
 * on chip (N <= ``max_row``, 2048 by default): one program holds a whole sequence as a [P, Q] tile,
   N = P·Q with P, Q in 16..64, and runs the fused kernel (load u, DFT, product with the filter spectrum,
   inverse DFT, + bias·u, store) — u and y cross memory once.
-* longer: N = N1·M (M <= ``max_row``). A *column pass* does DFTs of size N1 over the strided index (N1 <= 64 as one dense
-  DFT matrix, N1 >= 256 as a second four-step R1·R2 on chip), a *row pass* does the twiddle, the size-M
-  DFT on chip, the product, the inverse size-M DFT and the conjugate twiddle, and an inverse column pass
-  returns to time, truncates to L and adds bias·u. Three passes over an fp32 complex work buffer.
+* longer: N = N1·M (M <= ``max_row``). A *column pass* does DFTs of size N1 over the strided index
+  (N1 <= 64 as one dense DFT matrix, N1 >= 256 as a second four-step R1·R2 on chip), a *row pass* does
+  the twiddle, the size-M DFT on chip, the product, the inverse size-M DFT and the conjugate twiddle, and
+  an inverse column pass returns to time, truncates to L and adds bias·u. Three passes over an fp32
+  complex work buffer.
 
 Tables (DFT matrices, twiddles) are computed in float64 on the host, cast to the compute dtype, and cached
 per (device, dtype); the kernels read them from L2. ``W_S = exp(-2πi/S)``.
@@ -26,7 +27,7 @@ import torch
 MIN_N = 256  # smallest FFT: a 16 x 16 tile (tl.dot needs every dimension >= 16)
 MAX_TILE = 4096  # largest FFT one program can hold (64 x 64)
 # Default on-chip limit: compiled for sm_90 at 8 warps, the 32 x 64 tiles need no register spills while
-# 64 x 64 tiles spill 1.5-3.7 KB per thread (tests/kernels/test_triton_compile.py checks this).
+# 64 x 64 tiles spill 1.5-3.7 KB per thread (the kernel compile test checks this).
 MAX_ROW = 2048
 COL_TILE = 8192  # complex values per column-pass tile (N1 x T); 16384 spills
 MAX_N = 1 << 24  # N1 <= 4096 and M <= 4096
