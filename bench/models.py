@@ -2,6 +2,7 @@
 
     python bench/models.py                          # hyena and mamba (d_model 128, 2 layers), L = 2^10..2^20
     python bench/models.py --arch mamba --max-log2 16 --png bench/results/models_memory.png
+    python bench/models.py --parity ../shared/golden      # converted reference checkpoints vs their goldens
 
 Each (architecture, L) point runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is that step's alone;
 ``base_rss_gb`` is the RSS after building the model, before the step. Prints one JSON object per point (one
@@ -78,6 +79,34 @@ def run_point(arch: str, log2: int, checkpoint: bool) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def parity(golden: Path) -> list[dict]:
+    """Convert the reference checkpoints in ``golden/{hyena,mamba}`` and compare with their stored outputs."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.convert import convert_hyenadna, convert_mamba_ssm, hyenadna_key, mamba_ssm_key
+
+    rows = []
+    for arch, convert, key in (("hyena", convert_hyenadna, hyenadna_key), ("mamba", convert_mamba_ssm, mamba_ssm_key)):
+        ids = torch.load(golden / arch / "inputs.pt", weights_only=True)["input_ids"]
+        ref = torch.load(golden / arch / "outputs.pt", weights_only=True)
+        model = convert(golden / arch).eval()
+        with torch.no_grad():
+            logits32 = model(ids)
+        model.double()
+        logits = model(ids)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        params = dict(model.named_parameters())
+        grad_rel = max(((params[key(n)].grad - g).abs().max() / g.abs().max()).item() for n, g in ref["grads"].items())
+        rows.append({"arch": arch, "parameters": model.num_parameters(), "tokens": list(ids.shape),
+                     "float64_logits_max_abs_diff": (logits - ref["logits"]).abs().max().item(),
+                     "float64_loss_abs_diff": abs(loss.item() - ref["loss"].item()),
+                     "float64_grads_max_rel_diff": grad_rel, "grads_compared": len(ref["grads"]),
+                     "float32_logits_max_abs_diff_vs_float64_ref": (logits32.double() - ref["logits"]).abs().max().item()})
+    return rows
+
+
 def plot(results: list[dict], png: Path) -> None:
     import matplotlib
 
@@ -111,8 +140,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max-log2", type=int, default=20)
     parser.add_argument("--no-checkpoint", action="store_true", help="disable per-block activation checkpointing")
     parser.add_argument("--png", type=Path, default=REPO / "bench" / "results" / "models_memory.png")
+    parser.add_argument("--parity", type=Path, metavar="GOLDEN", help="only compare converted checkpoints with GOLDEN")
     parser.add_argument("--point", nargs=2, metavar=("ARCH", "LOG2"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.parity:
+        print(json.dumps(parity(args.parity), indent=1))
+        return 0
     if args.point:
         print(json.dumps(run_point(args.point[0], int(args.point[1]), not args.no_checkpoint)))
         return 0

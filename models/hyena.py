@@ -122,9 +122,18 @@ class HyenaOperator(nn.Module):
         L = x.shape[1]
         if L > self.l_max:
             raise ValueError(f"Hyena: sequence length {L} exceeds l_max={self.l_max} (the filters' length)")
-        u = self.in_proj(x)  # (B, L, 3d)
-        uc = causal_depthwise_conv(u, self.short_filter.weight, self.short_filter.bias)  # = short_filter, causal
+        uc = self.short_conv(self.in_proj(x))  # (B, L, 3d)
         x0, x1, v = uc.split(self.d_model, dim=-1)
-        k = self.filter_fn.filter(L)
-        y = kernels.fftconv((x1 * v).transpose(1, 2), k, self.filter_fn.bias)  # (B, d, L)
-        return self.out_proj(y.transpose(1, 2) * x0)
+        return self.out_proj(self.long_conv(x1 * v) * x0)
+
+    # The two steps that mix along the sequence, separate so that sequence parallelism can wrap them (a halo
+    # exchange of k-1 tokens before the short conv; sequence <-> channel all-to-all around the long conv).
+
+    def short_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """``short_filter`` (causal, depthwise, k taps) on u (B, L, 3d)."""
+        return causal_depthwise_conv(u, self.short_filter.weight, self.short_filter.bias)
+
+    def long_conv(self, v: torch.Tensor) -> torch.Tensor:
+        """The implicit long filter (plus D) applied causally to v (B, L, d) by FFT; returns (B, L, d)."""
+        k = self.filter_fn.filter(v.shape[1])
+        return kernels.fftconv(v.transpose(1, 2), k, self.filter_fn.bias).transpose(1, 2)

@@ -59,12 +59,25 @@ class Mamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xin, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, Di) each
-        xc = causal_depthwise_conv(xin, self.conv1d.weight, self.conv1d.bias, silu=True)  # silu(conv1d), causal
+        xc = self.conv(xin)
         dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
-        wide = torch.promote_types(self.A_log.dtype, torch.float32)
-        y = kernels.selective_scan(
-            xc.transpose(1, 2), delta, -torch.exp(self.A_log.to(wide)), B.transpose(1, 2), C.transpose(1, 2),
-            D=self.D.to(wide), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True,
+        delta = F.linear(dt, self.dt_proj.weight)  # (B, L, Di); the dt_proj bias is added inside the scan
+        return self.out_proj(self.scan(xc, delta, B, C, z))
+
+    # The two steps that mix along the sequence, separate so that sequence parallelism can wrap them.
+
+    def conv(self, xin: torch.Tensor) -> torch.Tensor:
+        """silu(conv1d(xin)), causal and depthwise, on (B, L, Di)."""
+        return causal_depthwise_conv(xin, self.conv1d.weight, self.conv1d.bias, silu=True)
+
+    def scan(self, xc, delta, B, C, z, initial_state=None, return_last_state=False):
+        """The selective scan on (B, L, ·) tensors; returns y (B, L, Di) (and the last state (B, Di, N))."""
+        wide = torch.promote_types(self.A_log.dtype, torch.float32)  # A, D, dt bias in >= float32
+        out = kernels.selective_scan(
+            xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.to(wide)), B.transpose(1, 2),
+            C.transpose(1, 2), D=self.D.to(wide), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide),
+            delta_softplus=True, initial_state=initial_state, return_last_state=return_last_state,
         )
-        return self.out_proj(y.transpose(1, 2))
+        if return_last_state:
+            return out[0].transpose(1, 2), out[1]
+        return out.transpose(1, 2)

@@ -10,7 +10,7 @@ from models.tokenizer import encode
 
 pytestmark = pytest.mark.shared_data
 
-L, BATCH, STEPS = 512, 8, 30
+L, BATCH, STEPS = 256, 4, 30
 ARCHS = {
     "hyena": {"arch": "hyena", "d_model": 64, "n_layer": 2, "l_max": L},
     "mamba": {"arch": "mamba", "d_model": 64, "n_layer": 2, "l_max": L},
