@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels.scan.ref import _scan_, selective_scan_ref
 
@@ -185,3 +187,45 @@ def test_bad_inputs_raise_value_error():
         selective_scan_ref(**x, chunk=48)
     with pytest.raises(ValueError, match="L must be >= 1"):
         selective_scan_ref(**_make(2, 4, 3, 0, "per_batch", "per_batch", full=False))
+
+
+class _OpTracker(TorchDispatchMode):
+    """Counts the aten ops run and the largest tensor any of them produced (numel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.largest = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def _track(Bsz, D, N, L, chunk):
+    x = {k: v.float().requires_grad_(True) for k, v in _make(Bsz, D, N, L, "per_batch", "per_batch").items()}
+    with _OpTracker() as tracker:
+        out = selective_scan_ref(**x, delta_softplus=True, chunk=chunk)
+        out.backward(torch.ones_like(out))
+    return tracker
+
+
+def test_no_allocation_grows_with_the_full_state():
+    """Forward + backward never materialise (B, D, N, L): every tensor is input-sized or O(B·D·N·chunk)."""
+    Bsz, D, N, L, chunk = 1, 8, 16, 1000, 32
+    tracker = _track(Bsz, D, N, L, chunk)
+    n_chunks = -(-L // chunk)
+    inputs = max(Bsz * D * L, Bsz * N * L)  # u, delta, z (B, D, L); B, C (B, N, L)
+    bound = max(inputs, Bsz * D * N * chunk, n_chunks * Bsz * D * N)  # inputs | one chunk's states | chunk starts
+    assert bound < Bsz * D * N * L // 4
+    assert tracker.largest <= bound
+
+
+def test_work_is_vectorised_over_channels_and_states():
+    """The number of torch ops depends on the number of chunks and the chunk length only, not on D or N."""
+    small, large = _track(1, 2, 2, 100, 16).ops, _track(2, 24, 16, 100, 16).ops
+    assert small == large
+    assert _track(1, 2, 2, 200, 16).ops < 2.2 * small  # linear in L / chunk

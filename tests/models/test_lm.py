@@ -125,6 +125,27 @@ def test_activation_checkpointing_gives_identical_gradients(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_activation_checkpointing_keeps_only_block_inputs(arch):
+    """Checkpointed, autograd keeps nothing wider than the residual stream / logits: every mixer and MLP
+    intermediate ((B, L, 3d) projections, the (B, L, 4d) MLP hidden, Mamba's (B, L, 2·Di)) is recomputed."""
+    ids = _ids(L=64)
+    widest = {}
+    for ckpt in (False, True):
+        model = models.build_model({**SMALL[arch], "checkpoint_activations": ckpt})
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids).sum()
+        widest[ckpt] = max(saved)
+    B, L, d, vocab = *ids.shape, 32, 16
+    assert widest[True] <= B * L * max(d, vocab) < widest[False]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_save_and_load_round_trip(arch, tmp_path):
     model = models.build_model(SMALL[arch]).eval()
     model.save_pretrained(tmp_path / "m")
