@@ -119,3 +119,26 @@ def test_bad_shapes_raise_value_error(shapes, match):
 def test_integer_input_raises_value_error():
     with pytest.raises(ValueError, match="floating point"):
         fftconv_ref(torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2))
+
+
+def test_no_allocation_exceeds_one_channel_group(monkeypatch):
+    """Forward + backward hold spectra of one channel group at a time: no (B, D, 2L) tensor is ever made."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    B, D, L, group = 2, 16, 300, 2
+    monkeypatch.setattr(fref, "SPECTRUM_BUDGET", B * group * (L + 1))
+    u, k, bias = (t.requires_grad_(True) for t in _inputs(B, D, L, torch.float32))
+    with Largest() as mode:
+        fftconv_ref(u, k, bias).sum().backward()
+    assert mode.numel <= max(B * D * L, B * group * 2 * L) < B * D * 2 * L
