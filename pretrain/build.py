@@ -64,7 +64,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> LambdaLR:
     t = cfg.train
     return LambdaLR(optimizer, lr_lambda(lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps(),
-                                         max_steps=t.max_steps, schedule=t.lr_schedule))
+                                         max_steps=t.schedule_steps(), schedule=t.lr_schedule))
 
 
 def build_engine(model: torch.nn.Module, cfg: Config, stage: Stage, dp: int):

@@ -63,6 +63,7 @@ class TrainConfig:
     lr: float = 6e-4
     min_lr: float = 0.0
     lr_schedule: str = "cosine"
+    lr_decay_steps: int | None = None  # length of the schedule; default max_steps (run part of a longer one)
     lr_warmup_steps: int | None = None
     lr_warmup_fraction: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -82,10 +83,14 @@ class TrainConfig:
         """Every window length of the run, warm-up stages first."""
         return [s.seq_len for s in self.warmup_stages] + [self.seq_len]
 
+    def schedule_steps(self) -> int:
+        """Optimizer steps over which the LR schedule runs (``lr_decay_steps``, else ``max_steps``)."""
+        return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
+
     def warmup_steps(self) -> int:
         if self.lr_warmup_steps is not None:
             return self.lr_warmup_steps
-        return max(1, round(self.lr_warmup_fraction * self.max_steps))
+        return max(1, round(self.lr_warmup_fraction * self.schedule_steps()))
 
 
 @dataclass
@@ -194,8 +199,11 @@ def _validate_optim(t: TrainConfig) -> None:
     _one_of(t.lr_schedule, ("cosine", "constant"), "train.lr_schedule")
     _require(0.0 <= t.lr_warmup_fraction <= 1.0,
              f"train.lr_warmup_fraction must lie in [0, 1], got {t.lr_warmup_fraction}")
-    _require(t.lr_warmup_steps is None or 1 <= t.lr_warmup_steps <= t.max_steps,
-             f"train.lr_warmup_steps must lie in [1, train.max_steps={t.max_steps}], got {t.lr_warmup_steps}")
+    _require(t.lr_decay_steps is None or t.lr_decay_steps >= 1,
+             f"train.lr_decay_steps must be >= 1 (or null for train.max_steps), got {t.lr_decay_steps}")
+    _require(t.lr_warmup_steps is None or 1 <= t.lr_warmup_steps <= t.schedule_steps(),
+             f"train.lr_warmup_steps must lie in [1, {t.schedule_steps()}] (the schedule's length), "
+             f"got {t.lr_warmup_steps}")
     _require(len(t.betas) == 2 and all(0.0 <= b < 1.0 for b in t.betas),
              f"train.betas must be two numbers in [0, 1), got {t.betas}")
     _require(t.eps > 0, f"train.eps must be positive, got {t.eps}")

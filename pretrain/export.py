@@ -43,8 +43,23 @@ def load_checkpoint_model(path: str | Path):
     ckpt = resolve_checkpoint(path)
     cfg = resolve(ckpt / "config.yaml", [])
     model = build_model(cfg.model)
-    model.load_state_dict(_fp32_state_dict(ckpt, cfg), strict=True)
+    model.load_state_dict(_with_aliases(model, _fp32_state_dict(ckpt, cfg)), strict=True)
     return model.float().eval(), cfg
+
+
+def _with_aliases(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill in every name of a parameter shared by several modules (e.g. one Sin frequency used at several
+    places of the filter MLP, the tied embedding / LM head) from whichever of its names the checkpoint has."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    state = dict(state)
+    for names in names_of.values():
+        present = [n for n in names if n in state]
+        for name in names:
+            if name not in state and present:
+                state[name] = state[present[0]]
+    return state
 
 
 def _fp32_state_dict(ckpt: Path, cfg) -> dict[str, torch.Tensor]:

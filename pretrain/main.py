@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a config that only the data or the world size can refute
         print(f"pretrain/main.py: error: {err}", file=sys.stderr)
         return 2
-    return trainer.train()
+    code = trainer.train()
+    trainer.close()
+    return code
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ def make_stream(cfg: Config, dims: ParallelDims, *, split: str, train: bool, seq
                 micro_batch: int = 1):
     """This rank's :class:`pretrain.data.WindowStream` over ``split``.
 
-    ``train=True``: the endless shuffled stream with the run's augmentation. ``train=False``: one ordered pass
-    for evaluation, every base weighted 1 (perplexity over all non-N targets) and no augmentation.
+    ``train=True``: the endless shuffled stream with the run's augmentation. ``train=False``: one pass for
+    evaluation, every base weighted 1 (perplexity over all non-N targets) and no augmentation. When
+    ``train.eval_batches`` limits the pass, its windows are drawn across the whole split by the run's seed (the
+    same windows at every evaluation); in genome order the first batches would all come from the start of one
+    chromosome (often its N-filled telomere).
     """
     from pretrain.data import WindowStream
 
@@ -28,7 +31,8 @@ def make_stream(cfg: Config, dims: ParallelDims, *, split: str, train: bool, seq
     if train:
         return WindowStream(d.path, split, rc_prob=d.rc_prob, soft_mask_weight=d.soft_mask_weight, shuffle=True,
                             epochs=None, **common)
-    return WindowStream(d.path, split, rc_prob=0.0, soft_mask_weight=1.0, shuffle=False, epochs=1, **common)
+    return WindowStream(d.path, split, rc_prob=0.0, soft_mask_weight=1.0,
+                        shuffle=cfg.train.eval_batches is not None, epochs=1, **common)
 
 
 def stage_tokens(cfg: Config, dims: ParallelDims) -> list[int]:
@@ -50,13 +54,18 @@ def stage_tokens(cfg: Config, dims: ParallelDims) -> list[int]:
 
 
 def build_plan(cfg: Config, dims: ParallelDims) -> list[Stage]:
-    """The warm-up stages of this run for its data-parallel size; the last one must start before max_steps."""
+    """The warm-up stages of this run for its data-parallel size.
+
+    The last stage must start within the run: before ``train.max_steps``, or before ``train.lr_decay_steps``
+    when that is set (a run that trains part of a longer schedule and is continued with a larger max_steps).
+    """
     t = cfg.train
     stages = build_stages(seq_lens=t.seq_lens(), stage_tokens=stage_tokens(cfg, dims),
                           tokens_per_step=t.tokens_per_step, dp=dims.dp, micro_batch_tokens=t.micro_batch_tokens)
-    if stages[-1].start_step >= t.max_steps:
+    key = "train.max_steps" if t.lr_decay_steps is None else "train.lr_decay_steps"
+    if stages[-1].start_step >= t.schedule_steps():
         raise ValueError(
-            f"the warm-up stages take {stages[-1].start_step} optimizer steps but train.max_steps={t.max_steps}: "
-            f"train.seq_len={t.seq_len} would never be reached; raise train.max_steps or shorten the stages"
+            f"the warm-up stages take {stages[-1].start_step} optimizer steps but {key}={t.schedule_steps()}: "
+            f"train.seq_len={t.seq_len} would never be reached; raise {key} or shorten the stages"
         )
     return stages

@@ -36,12 +36,14 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.stop = StopRequest()  # first: a signal during set-up still ends in a clean save
-        self.rank, self.world_size, self.device = init_distributed(cfg.parallel.backend)
-        if cfg.parallel.sequence > 1:
+        if cfg.parallel.sequence > 1:  # refused before any process group starts
             raise ValueError(
-                f"parallel.sequence={cfg.parallel.sequence}: sequence-parallel mixers are not available yet in this "
-                f"version, so the trainer cannot shard a window across ranks; use parallel.sequence=1"
+                f"parallel.sequence={cfg.parallel.sequence}: sequence parallelism is not implemented in the model "
+                f"stacks of this version, so a window cannot be sharded across ranks; use parallel.sequence=1 "
+                f"(every rank holds whole windows: data parallelism, with ZeRO and activation checkpointing for "
+                f"memory)"
             )
+        self.rank, self.world_size, self.device = init_distributed(cfg.parallel.backend)
         self.dims = ParallelDims.from_world(self.world_size, cfg.parallel.sequence).build()
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self._seed_everything()
@@ -183,6 +185,13 @@ class Trainer:
             f"train.lr, check the data, or raise train.max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}")
         self.metrics.close()
         return EXIT_NONFINITE
+
+    def close(self) -> None:
+        """Leave the process group together: a rank that exits while a peer still holds gloo connections to it
+        can make that peer abort at exit instead of returning its exit code."""
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
     # --- state ---
     def state_dict(self) -> tuple[dict, dict]:

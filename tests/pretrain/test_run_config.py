@@ -89,3 +89,11 @@ def test_deepspeed_config_is_generated_then_merged():
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
     assert ds["bf16"]["enabled"] and ds["steps_per_print"] == 5
     assert merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
+
+
+def test_sequence_parallelism_is_refused_before_any_process_starts(capsys):
+    from pretrain.main import main
+
+    assert main(["data.path=shards", "parallel.sequence=2", "train.seq_len=512", "model.l_max=512"]) == 2
+    err = capsys.readouterr().err
+    assert "parallel.sequence=2: sequence parallelism is not implemented" in err and "use parallel.sequence=1" in err

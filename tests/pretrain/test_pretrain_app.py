@@ -1,0 +1,150 @@
+"""The training app end to end on real hg38 shards, two gloo ranks (DESIGN §8).
+
+One straight 8-step run (fixture ``straight``: ZeRO 1, windows 64 then 128 from step 5, gradient accumulation 2)
+is the reference: resumed, interrupted and other-ZeRO-stage runs must reproduce its per-step losses.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from launch_helpers import MAIN, REPO, free_port, losses, read_metrics, run_ranks, start_ranks, tiny_args
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.shared_data]
+PROBE = REPO / "tests" / "pretrain" / "probe_engine.py"
+
+
+@pytest.fixture(scope="module")
+def resumed(hg38_shards, runs):
+    """The same run as three processes' lives: steps 1-3, 4 (ends at the warm-up boundary), 5-8."""
+    for stop in (3, 4, 8):
+        launch = run_ranks(tiny_args(hg38_shards, runs, "resumed", **{"train.max_steps": stop}),
+                           runs / f"logs-resumed-{stop}")
+        if stop > 3:
+            assert "resumed from" in launch.output(0)
+    return runs / "resumed"
+
+
+def test_run_learns_and_writes_its_run_directory(straight):
+    train, valid = read_metrics(straight)
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert [r["seq_len"] for r in train] == [64] * 4 + [128] * 4  # warm-up stage, then the final length
+    assert [r["tokens"] for r in train] == [1024 * s for s in range(1, 9)]
+    for record in train:
+        assert {"loss", "ppl", "lr", "grad_norm", "tokens_per_s", "mfu", "max_mem_gb"} <= set(record)
+        assert record["mfu"] is None  # CPU: no peak FLOP/s, so no made-up MFU
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5
+    assert [r["step"] for r in valid] == [4, 8] and valid[-1]["loss"] < valid[0]["loss"]
+    assert (straight / "config.yaml").is_file()
+    ckpts = straight / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step-00000008"
+    assert {p.name for p in ckpts.glob("step-*")} == {"step-00000004", "step-00000008"}
+
+
+def test_tensorboard_events_hold_the_logged_scalars(straight):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(straight / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/seq_len", "train/tokens",
+            "train/tokens_per_s", "train/max_mem_gb", "valid/loss", "valid/ppl"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
+    assert [e.value for e in acc.Scalars("train/seq_len")] == [64] * 4 + [128] * 4
+
+
+def test_resume_is_bitwise_exact_across_the_warmup_boundary(straight, resumed):
+    assert losses(resumed) == losses(straight)  # float equality: the same bits
+    assert [r["loss"] for r in read_metrics(resumed)[1] if r["step"] in (4, 8)] == \
+        [r["loss"] for r in read_metrics(straight)[1]]
+
+
+def test_damaged_latest_falls_back_to_the_previous_checkpoint(hg38_shards, runs, straight, resumed):
+    run = runs / "damaged"
+    shutil.copytree(resumed, run)
+    target = run / "checkpoints" / "step-00000008" / "mp_rank_00_model_states.pt"
+    target.write_bytes(target.read_bytes()[:-100])  # truncated
+    launch = run_ranks(tiny_args(hg38_shards, runs, "damaged"), runs / "logs-damaged")
+    out = launch.output(0)
+    assert "step-00000008 is damaged" in out and "falling back" in out
+    assert "resumed from" in out and "step-00000004 at step 4" in out
+    assert losses(run) == losses(straight)
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes(hg38_shards, runs, straight):
+    args = tiny_args(hg38_shards, runs, "signal", **{"train.max_steps": 40})
+    launch = start_ranks(args, runs / "logs-signal-1")
+    metrics, deadline = runs / "signal" / "metrics.jsonl", time.time() + 240
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert time.time() < deadline and all(p.poll() is None for p in launch.procs), launch.output(0)[-3000:]
+        time.sleep(0.02)
+    for proc in launch.procs:
+        proc.send_signal(signal.SIGTERM)
+    assert launch.wait() == [0, 0]
+    assert "received SIGTERM" in launch.output(0)
+    stopped = int((runs / "signal" / "checkpoints" / "latest").read_text().split("-")[1])
+    assert 2 <= stopped < 8, f"the signal landed at step {stopped}"
+    run_ranks(tiny_args(hg38_shards, runs, "signal", **{"train.max_steps": 8}), runs / "logs-signal-2")
+    assert losses(runs / "signal") == losses(straight)
+
+
+def test_zero2_through_the_deepspeed_launcher(hg38_shards, runs, straight):
+    args = tiny_args(hg38_shards, runs, "zero2", **{"parallel.zero_stage": 2})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [str(REPO / ".venv" / "bin" / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(MAIN), *args]
+    if not os.path.exists(cmd[0]):
+        cmd[0:1] = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    got, ref = losses(runs / "zero2"), losses(straight)
+    assert got.keys() == ref.keys() and got[8] < got[1] - 0.5
+    assert got == pytest.approx(ref, rel=1e-5)  # same maths, different reduction layout
+
+
+def test_zero3_export_gives_the_engine_logits(hg38_shards, runs, straight, tmp_path):
+    run_ranks(tiny_args(hg38_shards, runs, "zero3", **{"parallel.zero_stage": 3}), runs / "logs-zero3",
+              script=PROBE)
+    got, ref = losses(runs / "zero3"), losses(straight)
+    assert got[8] < got[1] - 0.5 and got == pytest.approx(ref, rel=1e-5)
+    done = subprocess.run([sys.executable, "-m", "pretrain.export", str(runs / "zero3"), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from models import from_pretrained
+
+    probe = torch.load(runs / "zero3" / "probe.pt")
+    model = from_pretrained(tmp_path)
+    with torch.no_grad():
+        logits = model(probe["input_ids"])
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_nonfinite_losses_skip_the_update_then_stop(hg38_shards, runs, tmp_path):
+    """Rank 0's loss is NaN at step 2 (3rd micro-batch) and from step 4 on; at most 2 in a row are tolerated."""
+    args = tiny_args(hg38_shards, runs, "nan", **{"parallel.zero_stage": 0, "train.ckpt_every": 1,
+                                                  "train.max_nonfinite_steps": 2, "train.keep_checkpoints": 10})
+    launch = start_ranks(args, runs / "logs-nan", script=PROBE, env={"NAN_CALLS": "3,7+"})
+    assert launch.wait() == [3, 3]
+    assert "stopping: 3 consecutive optimizer steps had a non-finite loss" in launch.output(0)
+    train, _ = read_metrics(runs / "nan")
+    assert [(r["step"], r["loss"] is None, r["skipped_steps"]) for r in train] == \
+        [(1, False, 0), (2, True, 1), (3, False, 0), (4, True, 1), (5, True, 1), (6, True, 1)]
+    weights = {s: _exported(runs / "nan" / "checkpoints" / f"step-{s:08d}", tmp_path / str(s)) for s in (1, 2, 3, 6)}
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])  # step 2 changed nothing
+    assert all(torch.equal(weights[3][k], weights[6][k]) for k in weights[3])
+    assert not all(torch.equal(weights[1][k], weights[3][k]) for k in weights[1])
+
+
+def _exported(ckpt, out):
+    from models import from_pretrained
+    from pretrain.export import main as export
+
+    assert export([str(ckpt), "--out", str(out)]) == 0
+    return from_pretrained(out).state_dict()

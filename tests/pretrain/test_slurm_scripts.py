@@ -1,0 +1,90 @@
+"""The sbatch scripts in slurm/: syntax and argument checks everywhere; on a machine with a SLURM cluster, a real
+job that gets the time-limit signal, saves, requeues itself and resumes to the same losses as a straight run."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch_helpers import REPO, free_port, losses, read_metrics, tiny_args
+
+SCRIPTS = [REPO / "slurm" / "pretrain.sh", REPO / "slurm" / "pretrain_1m.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_parses_and_asks_for_requeue_on_a_signal(script):
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert re.search(r"^#SBATCH --signal=B:USR1@\d+$", text, re.M) and "#SBATCH --requeue" in text
+
+
+def test_1m_script_picks_its_config_by_model():
+    text = SCRIPTS[1].read_text()
+    for config in re.findall(r"CONFIG=(configs/\S+\.yaml)", text):
+        assert (REPO / config).is_file(), config
+    done = subprocess.run(["bash", str(SCRIPTS[1])], cwd=REPO, env=dict(os.environ, MODEL="rnn"),
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "MODEL must be hyena or mamba, got 'rnn'" in done.stderr
+
+
+def test_generic_script_needs_a_config_file():
+    done = subprocess.run(["bash", str(SCRIPTS[0]), "configs/nope.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "usage: sbatch [sbatch options] slurm/pretrain.sh CONFIG.yaml" in done.stderr
+
+
+def _slurm_or_skip() -> None:
+    if shutil.which("sbatch") is None:
+        pytest.skip("sbatch is not installed: no SLURM here (the scripts are still checked with bash -n)")
+    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if state.returncode != 0 or not {"idle", "mixed"} & set(state.stdout.split()):
+        pytest.skip(f"no idle SLURM node answers sinfo ({(state.stderr or state.stdout).strip()[:200]})")
+
+
+def _job_field(job_id: str, field: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    match = re.search(rf"\b{field}=(\S+)", out)
+    return match.group(1) if match else ""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.shared_data
+def test_sbatch_job_saves_on_usr1_requeues_and_resumes(hg38_shards, runs, straight):
+    """Two simulated nodes, one task each; SIGUSR1 to the batch script as SLURM sends it before the time limit."""
+    _slurm_or_skip()
+    (runs / "empty.yaml").write_text("")
+    args = tiny_args(hg38_shards, runs, "slurm", **{"train.max_steps": 16})
+    log = runs / "slurm-job.out"
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    submit = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                             "--gpus-per-node=0", "--time=10", "--job-name=longdna-test", f"--output={log}",
+                             "slurm/pretrain.sh", str(runs / "empty.yaml"), *args],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    try:
+        metrics, deadline = runs / "slurm" / "metrics.jsonl", time.time() + 240
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            assert time.time() < deadline, log.read_text()[-3000:] if log.is_file() else "no job output"
+            time.sleep(0.05)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+        deadline = time.time() + 300
+        while _job_field(job, "JobState") != "COMPLETED":
+            state = _job_field(job, "JobState")
+            assert time.time() < deadline and state not in ("FAILED", "CANCELLED", "TIMEOUT"), \
+                f"job {job} {state}:\n{log.read_text()[-4000:]}"
+            time.sleep(1)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    out = log.read_text()
+    assert _job_field(job, "Restarts") == "1", out[-3000:]
+    assert "SIGUSR1 received" in out and "received SIGUSR1: saved step" in out and "requeueing job" in out
+    assert re.search(r"resumed from \S+step-(\d+) at step \d+", out), out[-3000:]
+    got, ref = losses(runs / "slurm"), losses(straight)
+    assert sorted(got) == list(range(1, 17))
+    assert {s: got[s] for s in ref} == ref  # the same bits as the uninterrupted run
+    assert [r["step"] for r in read_metrics(runs / "slurm")[1]] == [4, 8, 12, 16]
