@@ -1,14 +1,15 @@
 """Forward + backward time and peak memory of one training step, batch 1, L = 2^10 ... 2^20 tokens.
 
     python bench/models.py                          # hyena and mamba (d_model 128, 2 layers), L = 2^10..2^20
-    python bench/models.py --arch mamba --max-log2 16 --png bench/results/models_memory.png
+    python bench/models.py --arch mamba --max-log2 16 --json /tmp/m.json --png /tmp/m.png
     python bench/models.py --parity ../shared/golden      # converted reference checkpoints vs their goldens
 
 Each (architecture, L) point runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is that step's alone;
 ``base_rss_gb`` is the RSS after building the model, before the step. Prints one JSON object per point (one
-line each) and a summary list at the end, and writes a PNG of time and peak RSS against L. Tokens come from real
+line each) and a summary list at the end, writes the results to ``--json`` (default bench/results/models.json)
+and a PNG of time and peak RSS against L to ``--png`` (default bench/results/models.png). Tokens come from real
 GRCh38 (chr20 of ../shared/data/hg38/hg38_subset.fa) when that file is present, else uniform random bases.
-The 2^20 points need up to ~16 GB of RAM: run on a machine where nothing else is running.
+The 2^20 points need about 12 GB of RAM (bench/results/models.json): run where nothing else is running.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def plot(results: list[dict], png: Path) -> None:
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-log2", type=int, default=10)
     parser.add_argument("--max-log2", type=int, default=20)
     parser.add_argument("--no-checkpoint", action="store_true", help="disable per-block activation checkpointing")
-    parser.add_argument("--png", type=Path, default=REPO / "bench" / "results" / "models_memory.png")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "models.json")
+    parser.add_argument("--png", type=Path, default=REPO / "bench" / "results" / "models.png")
     parser.add_argument("--parity", type=Path, metavar="GOLDEN", help="only compare converted checkpoints with GOLDEN")
     parser.add_argument("--point", nargs=2, metavar=("ARCH", "LOG2"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -150,21 +153,34 @@ def main(argv=None) -> int:
         print(json.dumps(run_point(args.point[0], int(args.point[1]), not args.no_checkpoint)))
         return 0
     results = []
-    for arch in args.arch or list(ARCHS):
-        for log2 in range(args.min_log2, args.max_log2 + 1):
+    command = " ".join(["python bench/models.py", *(sys.argv[1:] if argv is None else argv)])
+    png = args.png.resolve()
+    png_name = str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)
+
+    def save(done: bool) -> dict:  # after every point, so an interrupted sweep keeps what it measured
+        summary = {"command": command, "complete": done, "results": results, "png": png_name}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        if any("error" not in r for r in results):
+            plot([r for r in results if "error" not in r], args.png)
+        return summary
+
+    failed: set[str] = set()
+    for log2 in range(args.min_log2, args.max_log2 + 1):  # L outermost: a cut-short sweep still covers every arch
+        for arch in args.arch or list(ARCHS):
+            if arch in failed:  # a longer L would fail too (usually out of memory)
+                continue
             cmd = [sys.executable, __file__, "--point", arch, str(log2)] + (["--no-checkpoint"] * args.no_checkpoint)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
+                failed.add(arch)
                 results.append({"arch": arch, "L": 1 << log2, "error": proc.stderr.strip().splitlines()[-1:]})
-                print(json.dumps(results[-1]), flush=True)
-                break
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            else:
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
-    ok = [r for r in results if "error" not in r]
-    if ok:
-        plot(ok, args.png)
-    print(json.dumps({"results": results, "png": str(args.png)}))
-    return 0 if len(ok) == len(results) else 1
+            save(False)
+    print(json.dumps(save(True)))
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":
