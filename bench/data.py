@@ -3,9 +3,11 @@
 Preparation: bases/s of ``data_prep shards`` with 1 and 2 workers next to the raw read rate of the same
 FASTA measured in the same run (``raw_file``: reading its bytes; ``raw_bases``: reading them and removing
 line ends, the least any FASTA consumer must do to hold the bases; ``pyfaidx``: 1 Mbp slices with
-``as_raw=True``, the HyenaDNA way; ``sha256``: hashing the same bytes, which every shard needs). Loading: tokens/s of :class:`pretrain.data.WindowStream` at L = 1k, 32k
-and 1M, in-process (``workers0``: one process doing all a worker does plus the id/label/mask expansion)
-and through the DataLoader with 1 and 2 workers.
+``as_raw=True``, the HyenaDNA way; ``sha256``: hashing the same bytes, which every shard needs), and the CPU
+cores the preparation kept busy (a worker hashes in a second thread, so one worker can use two). Loading:
+tokens/s of :class:`pretrain.data.WindowStream` at L = 1k, 32k and 1M, in-process (``workers0``: one
+process doing all a worker does plus the id/label/mask expansion) and through the DataLoader with 1 and 2
+workers.
 
 Without ``--fasta`` the input is ``../shared/data/hg38/hg38_subset.fa`` (5.35 Mb of real GRCh38) repeated
 ``--copies`` times under new record names, so the timings cover tens of megabases of real sequence.
@@ -95,21 +97,27 @@ def raw_rates(fasta: Path, repeats: int) -> dict:
             "sha256_bytes_per_s": size / _best(sha256_bytes, repeats)}
 
 
-def prep_rate(fasta: Path, work: Path, workers: int, repeats: int) -> float:
-    """Bases/s of a full preparation (one train split, default chunk length, 8 Mbase shards so that two
-    workers have several shards to share)."""
+def prep_rate(fasta: Path, work: Path, workers: int, repeats: int) -> tuple[float, float]:
+    """``(bases/s, cores)`` of a full preparation (one train split, default chunk length, 8 Mbase shards so
+    that two workers have several shards to share); ``cores``: CPU seconds (this process and its worker
+    processes, user + system) per wall second of the fastest run."""
     bases = sum(e.length for e in load_index(fasta)[0])
-
     out = work / f"prep{workers}"
-
-    def run():
+    best = (float("inf"), 0.0)
+    for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         prepare(PrepConfig(fasta=fasta, out=out, workers=workers, progress=False, min_acgt=0.0, shard_size=1 << 23),
                 log=lambda *_: None)
-
-    rate = bases / _best(run, repeats)
+        best = min(best, (time.perf_counter() - t0, _cpu_seconds() - c0))
     shutil.rmtree(out, ignore_errors=True)
-    return rate
+    return bases / best[0], best[1] / best[0]
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished child processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def loader_rates(shards: Path, seq_len: int, seconds: float) -> dict:
@@ -143,7 +151,9 @@ def main() -> None:
         work = Path(tmp)
         fasta = args.fasta or make_fasta(SHARED_FASTA, args.copies, work / "bench.fa")
         raw = raw_rates(fasta, args.repeats)
-        prep = {f"workers{w}_bases_per_s": prep_rate(fasta, work, w, args.repeats) for w in (1, 2)}
+        prep = {}
+        for w in (1, 2):
+            prep[f"workers{w}_bases_per_s"], prep[f"workers{w}_cpu_cores"] = prep_rate(fasta, work, w, args.repeats)
         prep["workers1_over_raw_bases"] = prep["workers1_bases_per_s"] / raw["raw_bases_per_s"]
         prep["workers2_per_worker_over_raw_bases"] = prep["workers2_bases_per_s"] / 2 / raw["raw_bases_per_s"]
         shards = work / "loader-shards"

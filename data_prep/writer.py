@@ -1,8 +1,10 @@
 """Writing one shard: read its chunks from the FASTA, check them, drop mostly-N chunks, write the tar.
 
 The tar is written by hand (ustar headers from :mod:`tarfile`, fixed mtime/owner) so that its bytes are a
-pure function of the input: a re-run produces byte-identical shards, and the sha256 is computed while
-writing (no second pass). Each shard goes to a temporary name and is renamed when complete, so a crash never
+pure function of the input: a re-run produces byte-identical shards. The sha256 is computed from the bytes
+as they are written (no second pass over the file). Writing and hashing run in a second thread (both
+release the GIL on large buffers) and overlap reading and checking the next batch, so a worker keeps up to
+two cores busy. Each shard goes to a temporary name and is renamed when complete, so a crash never
 leaves a half-written ``shard-*.tar`` behind.
 """
 
@@ -12,17 +14,27 @@ import hashlib
 import json
 import os
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.dna import IUPAC_AMBIGUOUS, base_stats, strip_line_ends
+import numpy as np
+
+from data_prep.dna import IUPAC_AMBIGUOUS, clean_bases, dna_counts
 from data_prep.fasta import FaiEntry, FastaReader
 from data_prep.format import TAR_BLOCK
 from data_prep.regions import Chunk
 
+_OUTPUT_BATCH = 1 << 20  # bytes handed to the output thread at once
+
 
 class ShardWriter:
-    """Appends samples (``<key>.json`` + ``<key>.seq``) to a tar, hashing every byte written."""
+    """Appends samples (``<key>.json`` + ``<key>.seq``) to a tar, hashing every byte written.
+
+    Pieces are collected into batches of about ``_OUTPUT_BATCH`` bytes; one output thread writes each batch to
+    the file and hashes it, batches in order (file writes and ``hashlib`` release the GIL), while the caller
+    reads and checks the next one. At most one batch is in the thread, so memory stays at two batches.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -30,12 +42,29 @@ class ShardWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.tmp, "wb")
         self._sha = hashlib.sha256()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="shard-output")
+        self._output: Future | None = None
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
         self.size = 0
 
     def _write(self, data: bytes) -> None:
-        self._fh.write(data)
-        self._sha.update(data)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
         self.size += len(data)
+        if self._batch_bytes >= _OUTPUT_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if self._output is not None:
+            self._output.result()  # the previous batch is written and hashed (and any error in it raised)
+        self._output = self._thread.submit(self._write_and_hash, batch)
+
+    def _write_and_hash(self, batch: list[bytes]) -> None:
+        self._fh.writelines(batch)
+        for data in batch:
+            self._sha.update(data)
 
     def _member(self, name: str, data: bytes) -> int:
         info = tarfile.TarInfo(name)
@@ -55,11 +84,15 @@ class ShardWriter:
     def close(self) -> tuple[str, int]:
         """Finish the archive (two zero blocks), move it into place; returns ``(sha256, size)``."""
         self._write(b"\0" * (2 * TAR_BLOCK))
+        self._flush()
+        self._output.result()
+        self._thread.shutdown()
         self._fh.close()
         self.tmp.replace(self.path)
         return self._sha.hexdigest(), self.size
 
     def abort(self) -> None:
+        self._thread.shutdown(cancel_futures=True)
         self._fh.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -82,16 +115,17 @@ class ShardTask:
         return sum(c.end - c.start for c in self.chunks)
 
 
-def read_chunk(reader: FastaReader, chunk: Chunk, iupac_to_n: bool) -> tuple[bytes, int, int]:
+def read_chunk(reader: FastaReader, chunk: Chunk, iupac_to_n: bool,
+               scratch: np.ndarray | None = None) -> tuple[bytes, int, int]:
     """``(bases, n_bases, soft_masked_bases)`` of a chunk, bases exactly as in the FASTA without line ends.
 
-    A byte that is not A/C/G/T/N raises ``ValueError`` naming the record and its offset.
+    A byte that is not A/C/G/T/N raises ``ValueError`` naming the record and its offset. ``scratch``: see
+    :func:`data_prep.dna.dna_counts`.
     """
-    bases = strip_line_ends(reader.fetch_raw(chunk.chrom, chunk.start, chunk.end), iupac_to_n=iupac_to_n)
+    bases, bad = clean_bases(reader.fetch_raw(chunk.chrom, chunk.start, chunk.end), iupac_to_n=iupac_to_n)
     if len(bases) != chunk.end - chunk.start:
         raise ValueError(f"FASTA {reader.path}: record {chunk.chrom!r} gave {len(bases)} bases for "
                          f"{chunk.start}-{chunk.end}; the .fai index is stale (delete it to rebuild)")
-    n, lower, bad = base_stats(bases)
     if bad >= 0:
         char = chr(reader.fetch(chunk.chrom, chunk.start, chunk.end)[bad])
         hint = " (an IUPAC ambiguity code: pass --iupac-to-n to read such codes as N)" \
@@ -100,7 +134,7 @@ def read_chunk(reader: FastaReader, chunk: Chunk, iupac_to_n: bool) -> tuple[byt
             if char in ">\r\n" else ""
         raise ValueError(f"non-DNA character {char!r} in FASTA {reader.path}, record {chunk.chrom!r} at offset "
                          f"{chunk.start + bad} (0-based base offset){hint}; only A, C, G, T, N are allowed")
-    return bases, n, lower
+    return (bases, *dna_counts(bases, scratch))
 
 
 def write_shard(task: ShardTask, progress=None) -> dict:
@@ -109,9 +143,10 @@ def write_shard(task: ShardTask, progress=None) -> dict:
     writer = ShardWriter(Path(task.out) / task.relpath)
     index, dropped = [], []
     n_total = lower_total = 0
+    scratch = np.empty(max(c.end - c.start for c in task.chunks), dtype=np.uint8)
     try:
         for c in task.chunks:
-            bases, n, lower = read_chunk(reader, c, task.iupac_to_n)
+            bases, n, lower = read_chunk(reader, c, task.iupac_to_n, scratch)
             if (len(bases) - n) < task.min_acgt * len(bases):
                 dropped.append([c.key, c.chrom, c.start, c.end, n])
             else:
