@@ -147,6 +147,7 @@ def main() -> None:
     args = p.parse_args()
     if args.fasta is None and not SHARED_FASTA.is_file():
         p.error(f"{SHARED_FASTA} is absent here: pass --fasta with a genome FASTA to benchmark")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="longdna-bench-") as tmp:
         work = Path(tmp)
         fasta = args.fasta or make_fasta(SHARED_FASTA, args.copies, work / "bench.fa")
@@ -165,7 +166,9 @@ def main() -> None:
     print(json.dumps({
         "bench": "data", "fasta": str(args.fasta or f"{SHARED_FASTA} x{args.copies}"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
-                    "torch": torch.__version__},
+                    "torch": torch.__version__,
+                    # other processes competing for the CPUs depress every figure: run the benchmark alone
+                    "loadavg_1min_before_after": [load_before, os.getloadavg()[0]]},
         "read": raw, "prep": prep, "loader": loader,
         "targets": {"prep_over_raw_per_worker": 0.5, "loader_tokens_per_s_per_worker_at_1M": 1e8},
     }, indent=1))
