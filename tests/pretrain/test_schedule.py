@@ -65,3 +65,20 @@ def test_single_stage_without_warmup():
     (only,) = build_stages(seq_lens=[1024], stage_tokens=[], tokens_per_step=8192, dp=1, micro_batch_tokens=8192)
     assert (only.start_step, only.end_step, only.micro_batch, only.grad_accum) == (0, None, 8, 1)
     assert stage_at([only], 10**9) is only
+
+
+def test_plan_must_reach_the_final_length_within_the_schedule():
+    from parallel import ParallelDims
+    from pretrain.args import resolve
+    from pretrain.plan import build_plan
+
+    base = ["data.path=shards", "train.seq_len=1024", "train.tokens_per_step=4096",
+            "train.warmup_stages=[{seq_len: 512, tokens: 40960}]"]  # 10 steps at 512
+    with pytest.raises(ValueError, match=r"take 10 optimizer steps but train.max_steps=10: train.seq_len=1024 "
+                                         r"would never be reached; raise train.max_steps"):
+        build_plan(resolve(None, base + ["train.max_steps=10"]), ParallelDims(dp=2))
+    # part of a longer schedule: the run may stop inside the warm-up and be continued
+    stages = build_plan(resolve(None, base + ["train.max_steps=4", "train.lr_decay_steps=100"]), ParallelDims(dp=2))
+    assert [(s.seq_len, s.start_step, s.end_step) for s in stages] == [(512, 0, 10), (1024, 10, None)]
+    with pytest.raises(ValueError, match=r"but train.lr_decay_steps=10"):
+        build_plan(resolve(None, base + ["train.max_steps=4", "train.lr_decay_steps=10"]), ParallelDims(dp=2))

@@ -41,7 +41,8 @@ def _slurm_or_skip() -> None:
         pytest.skip("sbatch is not installed: no SLURM here (the scripts are still checked with bash -n)")
     state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
     if state.returncode != 0 or not {"idle", "mixed"} & set(state.stdout.split()):
-        pytest.skip(f"no idle SLURM node answers sinfo ({(state.stderr or state.stdout).strip()[:200]})")
+        said = (state.stderr or state.stdout).strip().splitlines() or ["no nodes"]
+        pytest.skip(f"sbatch is installed but no SLURM cluster with an idle node answers sinfo ({said[-1][:160]})")
 
 
 def _job_field(job_id: str, field: str) -> str:
@@ -54,7 +55,9 @@ def _job_field(job_id: str, field: str) -> str:
 @pytest.mark.distributed
 @pytest.mark.shared_data
 def test_sbatch_job_saves_on_usr1_requeues_and_resumes(hg38_shards, runs, straight):
-    """Two simulated nodes, one task each; SIGUSR1 to the batch script as SLURM sends it before the time limit."""
+    """Two nodes, one task each, SIGUSR1 to the batch script as SLURM sends it before the time limit. The run
+    directory is under pytest's tmp: meant for a cluster whose nodes share this machine's filesystem (e.g. the
+    simulated nodes of a one-machine cluster)."""
     _slurm_or_skip()
     (runs / "empty.yaml").write_text("")
     args = tiny_args(hg38_shards, runs, "slurm", **{"train.max_steps": 16})
