@@ -30,9 +30,15 @@ def fftconv_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.T
 
     Differentiable in ``u``, ``k`` and ``bias``; see the module docstring for the definition and memory use.
     """
+    check_inputs(u, k, bias)
+    return _FFTConvFn.apply(u, k, bias)
+
+
+def check_inputs(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> None:
+    """Raise ``ValueError`` with what to change if the shapes, dtypes or devices do not fit fftconv."""
     if u.dim() != 3:
         raise ValueError(f"fftconv: u must be (B, D, L), got shape {tuple(u.shape)}")
-    batch, dim, length = u.shape
+    _, dim, length = u.shape
     if length < 1:
         raise ValueError("fftconv: the sequence length L must be >= 1")
     if tuple(k.shape) != (dim, length):
@@ -42,7 +48,8 @@ def fftconv_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.T
     for name, t in (("u", u), ("k", k), ("bias", bias)):
         if not t.is_floating_point():
             raise ValueError(f"fftconv: {name} must be floating point, got {t.dtype}")
-    return _FFTConvFn.apply(u, k, bias)
+        if t.device != u.device:
+            raise ValueError(f"fftconv: {name} is on {t.device} but u is on {u.device}; move them to one device")
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.fftconv.ref import check_inputs
 from kernels.fftconv.triton_launch import fftconv_bwd, fftconv_fwd
 
 
@@ -52,24 +53,6 @@ fftconv_op.register_autograd(_backward, setup_context=_setup_context)
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     """The kernels index the last axis with unit stride; copy only when it is not."""
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def check_inputs(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> None:
-    """Raise ``ValueError`` with what to change if the shapes, dtypes or devices do not fit fftconv."""
-    if u.dim() != 3:
-        raise ValueError(f"fftconv: u must be (B, D, L), got shape {tuple(u.shape)}")
-    _, dim, length = u.shape
-    if length < 1:
-        raise ValueError("fftconv: the sequence length L must be >= 1")
-    if tuple(k.shape) != (dim, length):
-        raise ValueError(f"fftconv: k must be (D, L) = ({dim}, {length}) to match u, got {tuple(k.shape)}")
-    if tuple(bias.shape) != (dim,):
-        raise ValueError(f"fftconv: bias must be (D,) = ({dim},), got {tuple(bias.shape)}")
-    for name, t in (("u", u), ("k", k), ("bias", bias)):
-        if not t.is_floating_point():
-            raise ValueError(f"fftconv: {name} must be floating point, got {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"fftconv: {name} is on {t.device} but u is on {u.device}; move them to one device")
 
 
 def fftconv_triton(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,9 @@ def _layout(name: str, X: torch.Tensor, batch: int, dim: int, nstate: int, lengt
     )
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk) -> _Spec:
+def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    """Raise ``ValueError`` naming the argument whose shape, dtype or device does not fit; else return
+    ``(batch, dim, length, nstate, b_layout, c_layout)``. Shared by the reference and the Triton path."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
@@ -105,6 +107,19 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk) -> 
             raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
     b_layout = _layout("B", B, batch, dim, nstate, length)
     c_layout = _layout("C", C, batch, dim, nstate, length)
+    named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not t.is_floating_point():
+            raise ValueError(f"selective_scan: {name} must be floating point, got {t.dtype}")
+        if t.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}; use one device")
+    return batch, dim, length, nstate, b_layout, c_layout
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk) -> _Spec:
+    batch, dim, length, nstate, b_layout, c_layout = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk is None:
         chunk = 1 << max(0, (CHUNK_STATE_ELEMENTS // max(1, batch * dim * nstate)).bit_length() - 1)
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, chunk))
@@ -114,12 +129,10 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk) -> 
     for X, lay in ((B, b_layout), (C, c_layout)):
         if lay == "grouped":
             groups = groups * X.shape[1] // math.gcd(groups, X.shape[1])
-    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     dtype = torch.float32
-    for t in tensors:
-        if not t.is_floating_point():
-            raise ValueError(f"selective_scan: inputs must be floating point, got {t.dtype}")
-        dtype = torch.promote_types(dtype, t.dtype)
+    for t in (u, delta, A, B, C, D, z, delta_bias, initial_state):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
     return _Spec(batch, dim, length, nstate, groups, b_layout, c_layout, chunk, dtype)
 
 

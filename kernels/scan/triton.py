@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from kernels.scan.ref import check_inputs
 from kernels.scan.triton_launch import CHUNK, SEGMENT, BCView, compute_dtype, geometry, scan_bwd, scan_fwd
 
 Tensor = torch.Tensor
@@ -73,42 +74,6 @@ def _backward(ctx, dout, dlast, _dckpt):
 
 
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _layout(name: str, X: Tensor, batch: int, dim: int, nstate: int, length: int) -> None:
-    ok = (X.dim() == 2 and tuple(X.shape) == (dim, nstate)) or (
-        X.dim() == 3 and tuple(X.shape) == (batch, nstate, length)) or (
-        X.dim() == 4 and X.shape[0] == batch and tuple(X.shape[2:]) == (nstate, length)
-        and X.shape[1] >= 1 and dim % X.shape[1] == 0)
-    if not ok:
-        raise ValueError(
-            f"selective_scan: {name} has shape {tuple(X.shape)}; expected ({dim}, {nstate}) shared, "
-            f"({batch}, {nstate}, {length}) per batch or ({batch}, G, {nstate}, {length}) grouped with G dividing D")
-
-
-def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
-    """Raise ``ValueError`` naming the argument whose shape, dtype or device does not fit."""
-    if u.dim() != 3 or u.shape[-1] < 1:
-        raise ValueError(f"selective_scan: u must be (B, D, L) with L >= 1, got shape {tuple(u.shape)}")
-    batch, dim, length = u.shape
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"selective_scan: A must be (D, N) with D={dim}, got shape {tuple(A.shape)}")
-    nstate = A.shape[1]
-    for name, t, shape in (("delta", delta, (batch, dim, length)), ("z", z, (batch, dim, length)),
-                           ("D", D, (dim,)), ("delta_bias", delta_bias, (dim,)),
-                           ("initial_state", initial_state, (batch, dim, nstate))):
-        if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
-    _layout("B", B, batch, dim, nstate, length)
-    _layout("C", C, batch, dim, nstate, length)
-    named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
-    for name, t in named.items():
-        if t is None:
-            continue
-        if not t.is_floating_point():
-            raise ValueError(f"selective_scan: {name} must be floating point, got {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}; use one device")
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

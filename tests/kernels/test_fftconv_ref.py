@@ -121,6 +121,11 @@ def test_integer_input_raises_value_error():
         fftconv_ref(torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2))
 
 
+def test_inputs_on_two_devices_raise_value_error():
+    with pytest.raises(ValueError, match="k is on meta but u is on cpu"):
+        fftconv_ref(torch.zeros(1, 2, 3), torch.zeros(2, 3, device="meta"), torch.zeros(2))
+
+
 def test_no_allocation_exceeds_one_channel_group(monkeypatch):
     """Forward + backward hold spectra of one channel group at a time: no (B, D, 2L) tensor is ever made."""
     from torch.utils._python_dispatch import TorchDispatchMode

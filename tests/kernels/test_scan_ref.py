@@ -187,6 +187,10 @@ def test_bad_inputs_raise_value_error():
         selective_scan_ref(**x, chunk=48)
     with pytest.raises(ValueError, match="L must be >= 1"):
         selective_scan_ref(**_make(2, 4, 3, 0, "per_batch", "per_batch", full=False))
+    with pytest.raises(ValueError, match="A is on meta but u is on cpu"):
+        selective_scan_ref(**{**x, "A": x["A"].to("meta")})
+    with pytest.raises(ValueError, match="z must be floating point"):
+        selective_scan_ref(**x, z=torch.zeros(2, 4, 10, dtype=torch.long))
 
 
 class _OpTracker(TorchDispatchMode):
