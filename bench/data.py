@@ -164,7 +164,7 @@ def main() -> None:
     import torch
 
     print(json.dumps({
-        "bench": "data", "fasta": str(args.fasta or f"{SHARED_FASTA} x{args.copies}"),
+        "bench": "data", "fasta": str(args.fasta or f"{os.path.relpath(SHARED_FASTA, ROOT)} x{args.copies}"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
                     "torch": torch.__version__,
                     # other processes competing for the CPUs depress every figure: run the benchmark alone
