@@ -6,7 +6,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from data_prep.dna import base_stats, is_dna, strip_line_ends
+from data_prep.dna import base_stats, dna_counts, is_dna, strip_line_ends
 from data_prep.fasta import FastaReader, fai_sha256, load_index
 from data_prep.format import Manifest, load_manifest, sha256_file
 from data_prep.regions import Chunk
@@ -107,7 +107,7 @@ def _verify_shard(manifest: Manifest, split: str, shard: dict, reader: FastaRead
                 if meta != want or ms.offset_data != offset or len(seq) != end - start or not is_dna(seq):
                     problems.append(f"shard {path}: sample {key} metadata, offset, length or bytes are wrong")
                     continue
-                n, lower, _ = base_stats(seq)
+                n, lower = dna_counts(seq)  # is_dna(seq) held above
                 n_total, lower_total = n_total + n, lower_total + lower
                 if reader is not None:
                     genome, _, _ = read_chunk(reader, Chunk(split, 0, chrom, start, end), manifest.data["iupac_to_n"])
