@@ -36,8 +36,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
-# The demo's data step, reusable by later steps: shards of GENOME= (BED= optional) under $(DEMO_DATA)/shards,
-# or of hg38 chr22 downloaded from UCSC (checksum-verified, cached under cache/) when GENOME is not given.
+# The demo's data step, reusable by later steps: shards under $(DEMO_DATA)/shards of the real GRCh38 sample embedded
+# in the repository (data/sample, offline), of GENOME=path.fa (BED= optional), or with GENOME=hg38 of hg38 chr22
+# downloaded from UCSC (checksum-verified, cached under cache/).
 DEMO_DATA ?= data/demo
 demo-shards: install
 	$(PY) -m data_prep demo-shards --out $(DEMO_DATA) $(if $(GENOME),--fasta $(GENOME)) $(if $(BED),--bed $(BED))

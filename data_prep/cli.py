@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--base-url", default=None, help="mirror of UCSC's goldenPath folder")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    m = sub.add_parser("demo-shards", help="the data step of `make demo` (downloads hg38 chr22 without --fasta)")
+    m = sub.add_parser("demo-shards", help="the data step of `make demo` (the embedded GRCh38 sample without --fasta)")
     m.add_argument("--out", type=Path, default=Path("data/demo"))
-    m.add_argument("--fasta", type=Path)
+    m.add_argument("--fasta", type=Path, help="a FASTA path, or 'hg38' to download chr22 from UCSC "
+                   "(default: the GRCh38 sample embedded in the repository, data/sample/hg38/hg38_subset.fa.gz)")
     m.add_argument("--bed", type=Path)
     m.add_argument("--cache", type=Path, default=Path("cache"), help="download cache (default ./cache)")
     m.add_argument("--base-url", default=None, help="mirror of UCSC's goldenPath folder")

@@ -1,7 +1,9 @@
 """``python -m data_prep demo-shards``: the data step of ``make demo``, reusable by later demo steps.
 
-With ``--fasta`` it prepares that genome; without, it downloads hg38 chr22 from UCSC (checksum-verified,
-cached) and stops with a message saying how to pass a local FASTA when offline. Without ``--bed`` it writes
+Without ``--fasta`` it prepares the real GRCh38 sample embedded in the repository (``data/sample/hg38``:
+chr2:1-2,333,275, chr20:1-3,000,000 and chrM, 5.35 Mb, bgzipped), offline and deterministic. ``--fasta hg38``
+downloads hg38 chr22 from UCSC (checksum-verified, cached) and stops with a message saying how to pass a local
+FASTA when offline; any other value is a FASTA path. Without ``--bed`` it writes
 a split BED next to the shards: the first 90% of every record is train, the rest valid, so that a
 one-chromosome genome still has a validation split. Re-running keeps finished shards (idempotent).
 """
@@ -15,6 +17,7 @@ from data_prep.fasta import load_index
 from data_prep.prep import PrepConfig, prepare
 
 DEMO_CHROM = "chr22"
+SAMPLE_GENOME = Path(__file__).resolve().parents[1] / "data" / "sample" / "hg38" / "hg38_subset.fa.gz"
 VALID_FRACTION = 0.1
 
 
@@ -38,11 +41,17 @@ def demo_shards(out: Path, *, fasta: Path | None = None, bed: Path | None = None
     """Prepare the demo's shards under ``out/shards`` and return that folder."""
     out = Path(out)
     if fasta is None:
+        if not SAMPLE_GENOME.is_file():
+            raise ValueError(f"the embedded sample genome {SAMPLE_GENOME} is missing (data_prep is installed outside "
+                             "its repository?): pass a genome, e.g. make demo GENOME=path/to/genome.fa")
+        fasta = SAMPLE_GENOME
+    elif str(fasta) == "hg38":
         try:
             fasta = download_genome("hg38", cache, [DEMO_CHROM], base_url=base_url, progress=progress, log=log)
         except DownloadError as err:
             raise DownloadError(f"could not get hg38 {DEMO_CHROM} from UCSC: {err}\nTo run the demo offline, "
-                                "pass a local genome: make demo GENOME=path/to/genome.fa [BED=path/to/splits.bed]"
+                                "run make demo without GENOME= (the embedded sample genome) or pass a local genome: "
+                                "make demo GENOME=path/to/genome.fa [BED=path/to/splits.bed]"
                                 ) from None
     if bed is None:
         bed = holdout_bed(Path(fasta), out / "demo-split.bed")

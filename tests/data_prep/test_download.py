@@ -1,8 +1,9 @@
-"""``download``: UCSC layout served from ../shared/data by a local HTTP server (with range requests)."""
+"""``download``: UCSC layout served from data/sample by a local HTTP server (with range requests)."""
 
 import gzip
 import hashlib
 import http.server
+import json
 import socket
 import threading
 
@@ -12,7 +13,7 @@ from data_prep.cli import main
 from data_prep.demo import demo_shards
 from data_prep.download import DownloadError, download_genome
 
-pytestmark = pytest.mark.shared_data
+
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -44,14 +45,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def ucsc(shared_data, tmp_path_factory):
+def ucsc(sample_data, tmp_path_factory):
     """A UCSC-like tree built from the shared real sequence, and a server for it."""
     root = tmp_path_factory.mktemp("ucsc")
     chroms = root / "goldenPath" / "hg38" / "chromosomes"
     bigzips = root / "goldenPath" / "hg38" / "bigZips"
     chroms.mkdir(parents=True)
     bigzips.mkdir(parents=True)
-    hg38 = shared_data / "hg38"
+    hg38 = sample_data / "hg38"
     sources = {chroms / "chr20.fa.gz": (hg38 / "chr20_1-3000000.hg38.fa").read_bytes(),
                chroms / "chr2.fa.gz": gzip.decompress((hg38 / "chr2_1-2333275.hg38.fa.gz").read_bytes()),
                bigzips / "hg38.fa.gz": (hg38 / "hg38_subset.fa").read_bytes()}
@@ -72,11 +73,11 @@ def _fetches(server, name):
     return [entry for entry in server.log if entry[0].endswith(name)]
 
 
-def test_one_chromosome_is_verified_decompressed_indexed_and_cached(ucsc, tmp_path, shared_data):
+def test_one_chromosome_is_verified_decompressed_indexed_and_cached(ucsc, tmp_path, sample_data):
     server, base, sources = ucsc
     fasta = download_genome("hg38", tmp_path, ["chr20"], base_url=base, progress=False, log=lambda *_: None)
     assert fasta == tmp_path / "hg38" / "chr20.fa"
-    assert fasta.read_bytes() == (shared_data / "hg38" / "chr20_1-3000000.hg38.fa").read_bytes()
+    assert fasta.read_bytes() == (sample_data / "hg38" / "chr20_1-3000000.hg38.fa").read_bytes()
     assert fasta.with_name("chr20.fa.fai").is_file()
     before = len(_fetches(server, "chr20.fa.gz"))
     logs = []
@@ -84,7 +85,7 @@ def test_one_chromosome_is_verified_decompressed_indexed_and_cached(ucsc, tmp_pa
     assert len(_fetches(server, "chr20.fa.gz")) == before and "cached" in logs[-1]
 
 
-def test_several_chromosomes_and_the_whole_genome(ucsc, tmp_path, shared_data, capsys):
+def test_several_chromosomes_and_the_whole_genome(ucsc, tmp_path, sample_data, capsys):
     server, base, sources = ucsc
     assert main(["download", "hg38", "--out", str(tmp_path), "--chroms", "chr2,chr20", "--base-url", base,
                  "--quiet"]) == 0
@@ -94,7 +95,7 @@ def test_several_chromosomes_and_the_whole_genome(ucsc, tmp_path, shared_data, c
     assert fasta.read_bytes() == gzip.decompress((chroms / "chr2.fa.gz").read_bytes()) + \
         gzip.decompress((chroms / "chr20.fa.gz").read_bytes())
     whole = download_genome("hg38", tmp_path, None, base_url=base, progress=False, log=lambda *_: None)
-    assert whole.name == "hg38.fa" and whole.read_bytes() == (shared_data / "hg38" / "hg38_subset.fa").read_bytes()
+    assert whole.name == "hg38.fa" and whole.read_bytes() == (sample_data / "hg38" / "hg38_subset.fa").read_bytes()
 
 
 def test_an_interrupted_download_continues_with_a_range_request(ucsc, tmp_path):
@@ -129,15 +130,25 @@ def test_unknown_chromosome_and_offline(ucsc, tmp_path, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/goldenPath"
-    assert main(["demo-shards", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "c"), "--base-url", dead,
-                 "--quiet"]) == 2
+    assert main(["demo-shards", "--fasta", "hg38", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "c"),
+                 "--base-url", dead, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "could not get hg38 chr22" in err and "make demo GENOME=path/to/genome.fa" in err
 
 
-def test_demo_shards_from_a_local_genome(shared_data, tmp_path):
-    fasta = shared_data / "hg38" / "chr20_1-3000000.hg38.fa"
+def test_demo_shards_from_a_local_genome(sample_data, tmp_path):
+    fasta = sample_data / "hg38" / "chr20_1-3000000.hg38.fa"
     out = demo_shards(tmp_path / "demo", fasta=fasta, progress=False, log=lambda *_: None)
     assert (out / "manifest.json").is_file()
     assert (tmp_path / "demo" / "demo-split.bed").read_text() == "chr20\t0\t2700000\ttrain\nchr20\t2700000\t3000000\tvalid\n"
     assert main(["inspect", str(out)]) == 0
+
+
+def test_demo_shards_default_to_the_embedded_sample_offline(tmp_path):
+    out = demo_shards(tmp_path / "demo", progress=False, log=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["fasta"].endswith("data/sample/hg38/hg38_subset.fa.gz")
+    assert (tmp_path / "demo" / "demo-split.bed").read_text().splitlines() == [
+        "chr2\t0\t2099947\ttrain", "chr2\t2099947\t2333275\tvalid", "chr20\t0\t2700000\ttrain",
+        "chr20\t2700000\t3000000\tvalid", "chrM\t0\t14912\ttrain", "chrM\t14912\t16569\tvalid"]
+    assert not (tmp_path / "c").exists()  # nothing downloaded

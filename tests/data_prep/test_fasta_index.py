@@ -9,14 +9,12 @@ import pytest
 from data_prep.fasta import FastaReader, build_fai, load_index, read_fai
 
 
-@pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["hg38_subset.fa", "chr20_1-3000000.hg38.fa", "chr2_1-2333275.hg38.fa.gz"])
-def test_built_index_equals_samtools_fai(shared_data, name):
-    path = shared_data / "hg38" / name
+def test_built_index_equals_samtools_fai(sample_data, name):
+    path = sample_data / "hg38" / name
     assert build_fai(path) == read_fai(path.with_name(name + ".fai"))
 
 
-@pytest.mark.shared_data
 def test_random_ranges_match_pyfaidx(hg38_subset):
     reader = FastaReader(hg38_subset)
     ref = pyfaidx.Fasta(str(hg38_subset), as_raw=True)
@@ -29,9 +27,8 @@ def test_random_ranges_match_pyfaidx(hg38_subset):
         assert reader.fetch(name, start, end) == ref[name][start:end].encode()
 
 
-@pytest.mark.shared_data
-def test_bgzf_reads_equal_the_plain_file(shared_data, hg38_subset):
-    gz = FastaReader(shared_data / "hg38" / "chr2_1-2333275.hg38.fa.gz")
+def test_bgzf_reads_equal_the_plain_file(sample_data, hg38_subset):
+    gz = FastaReader(sample_data / "hg38" / "chr2_1-2333275.hg38.fa.gz")
     plain = FastaReader(hg38_subset)
     assert gz.compression == "bgzf"
     rng = np.random.default_rng(1)

@@ -102,12 +102,11 @@ def test_chunks_tile_regions_and_shards_group_them():
         plan_chunks(regions, 1)
 
 
-@pytest.mark.shared_data
-def test_real_basenji_bed_on_hg38_chromosome_sizes(shared_data):
+def test_real_basenji_bed_on_hg38_chromosome_sizes(sample_data):
     """The Akita/Basenji split file defines three disjoint splits on the real hg38 chromosome sizes."""
-    sizes = dict(line.split() for line in (shared_data / "splits" / "human.hg38.genome").read_text().splitlines())
+    sizes = dict(line.split() for line in (sample_data / "splits" / "human.hg38.genome").read_text().splitlines())
     sizes = {k: int(v) for k, v in sizes.items()}
-    ivs = read_bed(shared_data / "splits" / "akita_sequences.hg38.bed")
+    ivs = read_bed(sample_data / "splits" / "akita_sequences.hg38.bed")
     regions, report = regions_from_bed(ivs, sizes)
     assert sorted(regions) == ["test", "train", "valid"]
     assert not any(report.values())

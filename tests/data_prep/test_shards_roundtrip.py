@@ -13,7 +13,7 @@ import webdataset as wds
 from data_prep.format import load_manifest
 from data_prep.prep import PrepConfig, prepare
 
-pytestmark = pytest.mark.shared_data
+
 
 
 def _prep(fasta, out, **kw):
@@ -83,8 +83,8 @@ def test_chromosome_lists_round_trip(hg38_subset, tmp_path):
     assert len(m.split("train")["shards"]) == 3
 
 
-def test_bed_split_round_trip(shared_data, hg38_subset, tmp_path):
-    bed = shared_data / "hg38" / "human-sequences.subset.bed"
+def test_bed_split_round_trip(sample_data, hg38_subset, tmp_path):
+    bed = sample_data / "hg38" / "human-sequences.subset.bed"
     out = tmp_path / "shards"
     _prep(hg38_subset, out, bed=bed, chunk_len=65_537, shard_size=1 << 20)
     rows = [line.split() for line in bed.read_text().splitlines() if line.strip()]
@@ -96,8 +96,8 @@ def test_bed_split_round_trip(shared_data, hg38_subset, tmp_path):
     assert m.data["split_definition"]["mode"] == "bed" and len(m.data["split_definition"]["bed_sha256"]) == 64
 
 
-def test_bgzipped_fasta_round_trip_with_two_workers(shared_data, hg38_subset, tmp_path):
-    gz = shared_data / "hg38" / "chr2_1-2333275.hg38.fa.gz"
+def test_bgzipped_fasta_round_trip_with_two_workers(sample_data, hg38_subset, tmp_path):
+    gz = sample_data / "hg38" / "chr2_1-2333275.hg38.fa.gz"
     out = tmp_path / "gz"
     _prep(gz, out, valid_chroms=[], chunk_len=100_001, shard_size=300_000, workers=2)
     # hg38_subset.fa holds the same chr2 bases (re-wrapped), so it serves as the independent reference

@@ -9,7 +9,7 @@ import pytest
 from data_prep.cli import main
 from data_prep.prep import PrepConfig, prepare
 
-pytestmark = pytest.mark.shared_data
+
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_verify_against_the_fasta(shards, hg38_subset, capsys):
     assert "all shards OK" in capsys.readouterr().out
 
 
-def test_verify_with_another_fasta_fails(shards, shared_data, capsys):
-    assert main(["verify", str(shards), "--fasta", str(shared_data / "hg38" / "chr20_1-3000000.hg38.fa")]) == 1
+def test_verify_with_another_fasta_fails(shards, sample_data, capsys):
+    assert main(["verify", str(shards), "--fasta", str(sample_data / "hg38" / "chr20_1-3000000.hg38.fa")]) == 1
     assert "not the FASTA these shards were prepared from" in capsys.readouterr().out
 
 

@@ -55,7 +55,6 @@ def test_is_causal():
     assert (fftconv_ref(u2, k, bias)[..., 40:] - y[..., 40:]).abs().max() > 1.0
 
 
-@pytest.mark.shared_data
 def test_reproduces_hyenadna_golden_cases(golden):
     cases = torch.load(golden / "hyena" / "fftconv.pt", weights_only=True)["cases"]
     assert len(cases) >= 3

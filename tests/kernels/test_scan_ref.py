@@ -119,7 +119,6 @@ def test_gradcheck_all_inputs():
     assert torch.autograd.gradcheck(f, [x[k].requires_grad_(True) for k in names])
 
 
-@pytest.mark.shared_data
 def test_reproduces_every_mamba_golden_case(golden):
     cases = torch.load(golden / "mamba" / "selective_scan.pt", weights_only=True)
     assert len(cases) >= 25

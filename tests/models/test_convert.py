@@ -81,7 +81,6 @@ def _copy(golden, arch, tmp_path):
     return dst
 
 
-@pytest.mark.shared_data
 def test_hyenadna_weight_refusals(golden, tmp_path):
     src = _copy(golden, "hyena", tmp_path)
     state = torch.load(src / "weights.ckpt", weights_only=True)["state_dict"]
@@ -102,7 +101,6 @@ def test_hyenadna_weight_refusals(golden, tmp_path):
     attempt(state, "pos_emb.z .* differs from the one rebuilt.*l_max")
 
 
-@pytest.mark.shared_data
 def test_mamba_weight_refusals_and_cli_errors(golden, tmp_path, capsys):
     src = _copy(golden, "mamba", tmp_path)
     state = torch.load(src / "pytorch_model.bin", weights_only=True)

@@ -1,4 +1,4 @@
-"""Converted reference checkpoints reproduce the reference logits, loss and gradients (../shared/golden)."""
+"""Converted reference checkpoints reproduce the reference logits, loss and gradients (data/sample/golden)."""
 
 import shutil
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from models import from_pretrained
 from models.convert import convert_hyenadna, convert_mamba_ssm, hyenadna_key, main, mamba_ssm_key
 
-pytestmark = pytest.mark.shared_data
+
 
 CASES = {"hyena": (convert_hyenadna, hyenadna_key), "mamba": (convert_mamba_ssm, mamba_ssm_key)}
 

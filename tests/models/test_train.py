@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import models
 from models.tokenizer import encode
 
-pytestmark = pytest.mark.shared_data
+
 
 L, BATCH, STEPS = 256, 4, 30
 ARCHS = {

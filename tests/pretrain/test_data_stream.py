@@ -10,7 +10,7 @@ from data_prep.prep import PrepConfig, prepare
 from models import tokenizer as tok
 from pretrain.data import WindowStream
 
-pytestmark = pytest.mark.shared_data
+
 CHUNK = 20_001
 
 

@@ -17,7 +17,7 @@ import torch
 
 from launch_helpers import MAIN, REPO, free_port, losses, read_metrics, run_ranks, start_ranks, tiny_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.shared_data]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 PROBE = REPO / "tests" / "pretrain" / "probe_engine.py"
 
 

@@ -53,7 +53,6 @@ def _job_field(job_id: str, field: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.shared_data
 def test_sbatch_job_saves_on_usr1_requeues_and_resumes(hg38_shards, runs, straight):
     """Two nodes, one task each, SIGUSR1 to the batch script as SLURM sends it before the time limit. The run
     directory is under pytest's tmp: meant for a cluster whose nodes share this machine's filesystem (e.g. the
