@@ -9,13 +9,14 @@ tokens/s of :class:`pretrain.data.WindowStream` at L = 1k, 32k and 1M, in-proces
 process doing all a worker does plus the id/label/mask expansion) and through the DataLoader with 1 and 2
 workers.
 
-Without ``--fasta`` the input is ``../shared/data/hg38/hg38_subset.fa`` (5.35 Mb of real GRCh38) repeated
+Without ``--fasta`` the input is ``data/sample/hg38/hg38_subset.fa.gz`` (5.35 Mb of real GRCh38), decompressed and repeated
 ``--copies`` times under new record names, so the timings cover tens of megabases of real sequence.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -32,12 +33,12 @@ sys.path.insert(0, str(ROOT))
 from data_prep.fasta import load_index  # noqa: E402
 from data_prep.prep import PrepConfig, prepare  # noqa: E402
 
-SHARED_FASTA = ROOT.parent / "shared" / "data" / "hg38" / "hg38_subset.fa"
+SAMPLE_FASTA = ROOT / "data" / "sample" / "hg38" / "hg38_subset.fa.gz"
 
 
 def make_fasta(src: Path, copies: int, dest: Path) -> Path:
     """``src`` repeated ``copies`` times, record names suffixed ``_copyK`` (bytes otherwise unchanged)."""
-    data = src.read_bytes()
+    data = gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes()
     with open(dest, "wb") as out:
         for k in range(copies):
             out.write(_rename(data, k))
@@ -140,17 +141,15 @@ def loader_rates(shards: Path, seq_len: int, seconds: float) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fasta", type=Path, help="FASTA to benchmark (default: the shared hg38 subset, repeated)")
-    p.add_argument("--copies", type=int, default=32, help="repeats of the shared subset (default 32 = 171 Mb)")
+    p.add_argument("--fasta", type=Path, help="FASTA to benchmark (default: the sample hg38 subset, repeated)")
+    p.add_argument("--copies", type=int, default=32, help="repeats of the sample subset (default 32 = 171 Mb)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the fastest counts")
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per loader measurement")
     args = p.parse_args()
-    if args.fasta is None and not SHARED_FASTA.is_file():
-        p.error(f"{SHARED_FASTA} is absent here: pass --fasta with a genome FASTA to benchmark")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="longdna-bench-") as tmp:
         work = Path(tmp)
-        fasta = args.fasta or make_fasta(SHARED_FASTA, args.copies, work / "bench.fa")
+        fasta = args.fasta or make_fasta(SAMPLE_FASTA, args.copies, work / "bench.fa")
         raw = raw_rates(fasta, args.repeats)
         prep = {}
         for w in (1, 2):
@@ -164,7 +163,7 @@ def main() -> None:
     import torch
 
     print(json.dumps({
-        "bench": "data", "fasta": str(args.fasta or f"{os.path.relpath(SHARED_FASTA, ROOT)} x{args.copies}"),
+        "bench": "data", "fasta": str(args.fasta or f"{os.path.relpath(SAMPLE_FASTA, ROOT)} x{args.copies}"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
                     "torch": torch.__version__,
                     # other processes competing for the CPUs depress every figure: run the benchmark alone

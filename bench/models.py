@@ -2,13 +2,13 @@
 
     python bench/models.py                          # hyena and mamba (d_model 128, 2 layers), L = 2^10..2^20
     python bench/models.py --arch mamba --max-log2 16 --json /tmp/m.json --png /tmp/m.png
-    python bench/models.py --parity ../shared/golden      # converted reference checkpoints vs their goldens
+    python bench/models.py --parity data/sample/golden     # converted reference checkpoints vs their goldens
 
 Each (architecture, L) point runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is that step's alone;
 ``base_rss_gb`` is the RSS after building the model, before the step. Prints one JSON object per point (one
 line each) and a summary list at the end, writes the results to ``--json`` (default bench/results/models.json)
 and a PNG of time and peak RSS against L to ``--png`` (default bench/results/models.png). Tokens come from real
-GRCh38 (chr20 of ../shared/data/hg38/hg38_subset.fa) when that file is present, else uniform random bases.
+GRCh38 (chr20 of the repository's sample, data/sample/hg38/hg38_subset.fa.gz).
 The 2^20 points need about 12 GB of RAM (bench/results/models.json): run where nothing else is running.
 """
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (bench/models.py) instead of the package: put the repository root there instead.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO)
-HG38 = REPO.parent / "shared" / "data" / "hg38" / "hg38_subset.fa"
+HG38 = REPO / "data" / "sample" / "hg38" / "hg38_subset.fa.gz"
 ARCHS = {
     "hyena": {"arch": "hyena", "d_model": 128, "n_layer": 2},
     "mamba": {"arch": "mamba", "d_model": 128, "n_layer": 2},
@@ -44,12 +44,10 @@ def _tokens(L: int):
 
     from models.tokenizer import encode
 
-    if HG38.exists():
-        import pyfaidx
+    from data_prep.fasta import FastaReader
 
-        seq = pyfaidx.Fasta(str(HG38), as_raw=True)["chr20"][100_000:100_000 + L + 1]
-        return torch.from_numpy(encode(seq).astype(np.int64))[None], "hg38 chr20:100001"
-    return torch.randint(7, 11, (1, L + 1)), "random"
+    seq = FastaReader(HG38).fetch("chr20", 100_000, 100_000 + L + 1)
+    return torch.from_numpy(encode(seq).astype(np.int64))[None], "hg38 chr20:100001"
 
 
 def run_point(arch: str, log2: int, checkpoint: bool) -> dict:
