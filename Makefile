@@ -45,13 +45,13 @@ demo-shards: install
 
 # The main job end to end (DESIGN §9): shards, pretraining on DEMO_PROCS CPU processes through the deepspeed
 # launcher (a fresh run each time), export, held-out perplexity, and the loss plot.
-DEMO_RUN := runs/demo
+DEMO_RUN ?= runs/demo
 DEMO_PROCS ?= 2
 demo: demo-shards
 	$(PY) -m data_prep inspect $(DEMO_DATA)/shards
 	rm -rf $(DEMO_RUN)
 	$(VENV)/bin/deepspeed --num_gpus $(DEMO_PROCS) --master_port $$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
-	  pretrain/main.py --config configs/demo_cpu.yaml data.path=$(DEMO_DATA)/shards run.out_dir=$(dir $(DEMO_RUN))
+	  pretrain/main.py --config configs/demo_cpu.yaml data.path=$(DEMO_DATA)/shards run.out_dir=$(dir $(DEMO_RUN)) run.name=$(notdir $(DEMO_RUN))
 	$(PY) -m pretrain.export $(DEMO_RUN) --out $(DEMO_RUN)/export
 	$(PY) -m pretrain.evaluate $(DEMO_RUN)/export --data $(DEMO_DATA)/shards --seq-lens 1024 --out $(DEMO_RUN)/eval.json --fail-above 4
 	$(PY) -m pretrain.plot $(DEMO_RUN)
