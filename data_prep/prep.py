@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep import __version__
-from data_prep.fasta import fai_sha256, load_index
+from data_prep.fasta import FastaReader, fai_sha256, load_index
 from data_prep.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, shard_relpath
 from data_prep.regions import plan_chunks, plan_shards, read_bed, regions_from_bed, regions_from_chroms
 from data_prep.resume import PartialStore, stale_reason
-from data_prep.writer import ShardTask, write_shard
+from data_prep.writer import ShardTask, read_chunk, write_shard
 
 DEFAULT_CHUNK_LEN = 2**20 + 1  # a 1M-token window plus its shifted target
 DEFAULT_SHARD_SIZE = 2**26  # bases per shard (~64 MB tars)
@@ -68,7 +68,8 @@ def plan(cfg: PrepConfig) -> tuple[dict, list[ShardTask]]:
     entries, note = load_index(cfg.fasta)
     sizes = {e.name: e.length for e in entries}
     if cfg.bed is not None:
-        regions, report = regions_from_bed(read_bed(cfg.bed), sizes, chroms=cfg.chroms, clip=cfg.clip)
+        intervals = read_bed(cfg.bed)
+        regions, report = regions_from_bed(intervals, sizes, chroms=cfg.chroms, clip=cfg.clip)
         split_def = {"mode": "bed", "bed": str(Path(cfg.bed).resolve()),
                      "bed_sha256": hashlib.sha256(Path(cfg.bed).read_bytes()).hexdigest(), "clip": cfg.clip,
                      "clip_report": report}
@@ -77,6 +78,8 @@ def plan(cfg: PrepConfig) -> tuple[dict, list[ShardTask]]:
         split_def = {"mode": "chroms", "valid": list(cfg.valid_chroms), "test": list(cfg.test_chroms)}
     if not regions:
         raise ValueError("no bases selected: the BED / --chroms leave nothing to prepare")
+    named = _named_splits(cfg, intervals if cfg.bed is not None else None)
+    _check_no_empty_split(named, regions, cfg, sizes, intervals if cfg.bed is not None else None)
     fai_hash = fai_sha256(entries)
     head = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "created_by": f"longdna data_prep {__version__}",
@@ -97,8 +100,73 @@ def plan(cfg: PrepConfig) -> tuple[dict, list[ShardTask]]:
                                "iupac": cfg.iupac_to_n, "chunks": [[c.key, c.chrom, c.start, c.end] for c in group]})
             tasks.append(ShardTask(str(cfg.out), relpath, tuple(group), str(cfg.fasta), used_entries,
                                    cfg.min_acgt, cfg.iupac_to_n, shard_plan))
+    _check_splits_keep_a_chunk(tasks, cfg)
     head["plan"] = _sha([head["regions"], cfg.chunk_len, cfg.shard_size] + [t.plan for t in tasks])
     return head, tasks
+
+
+def _named_splits(cfg: PrepConfig, intervals: list | None) -> list[str]:
+    """The splits the command asks for: those of the BED, else train plus --valid-chroms / --test-chroms."""
+    if intervals is not None:
+        return list(dict.fromkeys(iv.split for iv in intervals))
+    return ["train"] + ["valid"] * bool(cfg.valid_chroms) + ["test"] * bool(cfg.test_chroms)
+
+
+def _check_no_empty_split(named: list[str], regions: dict, cfg: PrepConfig, sizes: dict[str, int],
+                          intervals: list | None) -> None:
+    """Refuse a requested split that selects no bases, saying why: a manifest with an empty split would only
+    fail later (a training run with no validation data, an evaluation over nothing)."""
+    for split in named:
+        if sum(r.end - r.start for r in regions.get(split, ())) > 0:
+            continue
+        if intervals is not None:
+            why = _why_bed_split_empty([iv for iv in intervals if iv.split == split], cfg, sizes)
+        elif split == "train":
+            why = ("every chromosome kept is in --valid-chroms / --test-chroms or has no bases; leave at least one "
+                   "chromosome with bases to train on")
+        else:
+            flag = "--valid-chroms" if split == "valid" else "--test-chroms"
+            listed = cfg.valid_chroms if split == "valid" else cfg.test_chroms
+            why = (f"{flag} {','.join(listed)}: " + ", ".join(f"{c} has {sizes[c]} bases" for c in listed)
+                   + f" in {cfg.fasta}; name a chromosome with sequence")
+        raise ValueError(f"split {split!r} would be empty: {why}. Nothing was written.")
+
+
+def _why_bed_split_empty(intervals: list, cfg: PrepConfig, sizes: dict[str, int]) -> str:
+    keep = set(cfg.chroms) if cfg.chroms else None
+    excluded = sum(keep is not None and iv.chrom not in keep for iv in intervals)
+    unknown = sum((keep is None or iv.chrom in keep) and iv.chrom not in sizes for iv in intervals)
+    past_end = len(intervals) - excluded - unknown
+    parts = [f"{n} {what}" for n, what in ((excluded, "on chromosomes left out by --chroms"),
+                                          (unknown, "on chromosomes absent from the FASTA (dropped by --clip)"),
+                                          (past_end, "past the chromosome end (dropped by --clip)")) if n]
+    return (f"all {len(intervals)} of its BED intervals in {cfg.bed} were dropped ({'; '.join(parts)}); fix the "
+            f"BED or the --chroms list")
+
+
+def _check_splits_keep_a_chunk(tasks: list[ShardTask], cfg: PrepConfig) -> None:
+    """Refuse a split whose every chunk --min-acgt would drop (e.g. a chromosome of N only), before writing.
+
+    Reads each split's chunks only until one passes, so a normal split costs one chunk read.
+    """
+    if cfg.min_acgt == 0:  # every chunk passes
+        return
+    by_split: dict[str, list] = {}
+    for task in tasks:
+        by_split.setdefault(task.chunks[0].split, []).extend(task.chunks)
+    reader = FastaReader(Path(cfg.fasta), list(tasks[0].entries)) if tasks else None
+    for split, chunks in by_split.items():
+        if any(_kept(reader, c, cfg) for c in chunks):
+            continue
+        bases = sum(c.end - c.start for c in chunks)
+        raise ValueError(f"split {split!r} would be empty: all {len(chunks)} chunks ({bases:,} bases) have less "
+                         f"than --min-acgt {cfg.min_acgt} of A/C/G/T (N-only sequence?). Lower --min-acgt or give "
+                         f"the split other regions. Nothing was written.")
+
+
+def _kept(reader: FastaReader, chunk, cfg: PrepConfig) -> bool:
+    bases, n, _ = read_chunk(reader, chunk, cfg.iupac_to_n)
+    return len(bases) - n >= cfg.min_acgt * len(bases)  # the rule write_shard applies
 
 
 def prepare(cfg: PrepConfig, log=print) -> dict:

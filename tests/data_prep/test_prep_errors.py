@@ -90,6 +90,44 @@ def test_bed_and_chromosome_lists_together_are_refused(tmp_path, capsys):
     assert rc == 2 and "either --bed or --valid-chroms" in err
 
 
+EMPTY_CHROM = ">chr1\nACGTACGTAC\nACGTAcgtac\n>chrA\n>chrN\nNNNNNNNNNN\nNN\n>chr2\nACGTACGTAC\nAC\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--valid-chroms", "chrA"], "split 'valid' would be empty: --valid-chroms chrA: chrA has 0 bases"),
+    (["--valid-chroms", "chr2", "--test-chroms", "chrA"], "split 'test' would be empty: --test-chroms chrA"),
+    (["--valid-chroms", "chr1,chr2,chrN,chrA"], "split 'train' would be empty: every chromosome kept"),
+    (["--valid-chroms", "chrN"], "split 'valid' would be empty: all 1 chunks (12 bases) have less than --min-acgt"),
+])
+def test_a_split_that_ends_up_empty_is_an_error_and_nothing_is_written(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    rc, err = _cli(capsys, "--fasta", _fasta(tmp_path, EMPTY_CHROM), "--out", out, *args)
+    assert rc == 2 and message in err and "Nothing was written" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("bed, extra, message", [
+    ("chr1\t0\t20\ttrain\nchr2\t0\t12\tvalid\n", ["--chroms", "chr1"],
+     "split 'valid' would be empty: all 1 of its BED intervals"),
+    ("chr1\t0\t20\ttrain\nchr2\t12\t30\tvalid\nchrUn\t0\t5\tvalid\n", ["--clip"],
+     "1 on chromosomes absent from the FASTA (dropped by --clip); 1 past the chromosome end"),
+    ("chr1\t0\t20\ttrain\nchrN\t0\t12\tvalid\n", [], "split 'valid' would be empty: all 1 chunks"),
+])
+def test_a_bed_split_that_ends_up_empty_is_an_error(tmp_path, capsys, bed, extra, message):
+    out = tmp_path / "out"
+    (tmp_path / "s.bed").write_text(bed)
+    rc, err = _cli(capsys, "--fasta", _fasta(tmp_path, EMPTY_CHROM), "--out", out, "--bed", tmp_path / "s.bed",
+                   *extra)
+    assert rc == 2 and message in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_n_only_split_is_kept_when_min_acgt_allows_it(tmp_path, capsys):
+    rc, _ = _cli(capsys, "--fasta", _fasta(tmp_path, EMPTY_CHROM), "--out", tmp_path / "out",
+                 "--valid-chroms", "chrN", "--min-acgt", "0")
+    assert rc == 0 and load_manifest(tmp_path / "out").split("valid")["samples"] == 1
+
+
 @pytest.fixture()
 def prepared(tmp_path):
     fa = _fasta(tmp_path, ">chr1\n" + "ACGTACGTAC\n" * 30 + ">chr2\n" + "acgtnACGTN\n" * 30)
