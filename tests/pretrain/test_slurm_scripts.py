@@ -3,7 +3,6 @@ job that gets the time-limit signal, saves, requeues itself and resumes to the s
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -36,32 +35,22 @@ def test_generic_script_needs_a_config_file():
     assert done.returncode == 2 and "usage: sbatch [sbatch options] slurm/pretrain.sh CONFIG.yaml" in done.stderr
 
 
-def _slurm_or_skip() -> None:
-    if shutil.which("sbatch") is None:
-        pytest.skip("sbatch is not installed: no SLURM here (the scripts are still checked with bash -n)")
-    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    if state.returncode != 0 or not {"idle", "mixed"} & set(state.stdout.split()):
-        said = (state.stderr or state.stdout).strip().splitlines() or ["no nodes"]
-        pytest.skip(f"sbatch is installed but no SLURM cluster with an idle node answers sinfo ({said[-1][:160]})")
-
-
-def _job_field(job_id: str, field: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+def _job_field(job_id: str, field: str, env: dict) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True).stdout
     match = re.search(rf"\b{field}=(\S+)", out)
     return match.group(1) if match else ""
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_sbatch_job_saves_on_usr1_requeues_and_resumes(hg38_shards, runs, straight):
+def test_sbatch_job_saves_on_usr1_requeues_and_resumes(slurm, hg38_shards, runs, straight):
     """Two nodes, one task each, SIGUSR1 to the batch script as SLURM sends it before the time limit. The run
     directory is under pytest's tmp: meant for a cluster whose nodes share this machine's filesystem (e.g. the
     simulated nodes of a one-machine cluster)."""
-    _slurm_or_skip()
     (runs / "empty.yaml").write_text("")
     args = tiny_args(hg38_shards, runs, "slurm", **{"train.max_steps": 16})
     log = runs / "slurm-job.out"
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    env = dict(slurm.env, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
     submit = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
                              "--gpus-per-node=0", "--time=10", "--job-name=longdna-test", f"--output={log}",
                              "slurm/pretrain.sh", str(runs / "empty.yaml"), *args],
@@ -73,17 +62,17 @@ def test_sbatch_job_saves_on_usr1_requeues_and_resumes(hg38_shards, runs, straig
         while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
             assert time.time() < deadline, log.read_text()[-3000:] if log.is_file() else "no job output"
             time.sleep(0.05)
-        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
         deadline = time.time() + 300
-        while _job_field(job, "JobState") != "COMPLETED":
-            state = _job_field(job, "JobState")
+        while _job_field(job, "JobState", env) != "COMPLETED":
+            state = _job_field(job, "JobState", env)
             assert time.time() < deadline and state not in ("FAILED", "CANCELLED", "TIMEOUT"), \
                 f"job {job} {state}:\n{log.read_text()[-4000:]}"
             time.sleep(1)
     finally:
-        subprocess.run(["scancel", job], capture_output=True)
+        subprocess.run(["scancel", job], env=env, capture_output=True)
     out = log.read_text()
-    assert _job_field(job, "Restarts") == "1", out[-3000:]
+    assert _job_field(job, "Restarts", env) == "1", out[-3000:]
     assert "SIGUSR1 received" in out and "received SIGUSR1: saved step" in out and "requeueing job" in out
     assert re.search(r"resumed from \S+step-(\d+) at step \d+", out), out[-3000:]
     got, ref = losses(runs / "slurm"), losses(straight)
