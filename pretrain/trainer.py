@@ -25,7 +25,7 @@ from pretrain.loss import eval_sums, lm_loss
 from pretrain.metrics import MetricsLogger, max_memory_gb, mfu, peak_flops_per_device, perplexity
 from pretrain.plan import build_plan, make_stream
 from pretrain.schedule import stage_at
-from pretrain.signals import StopRequest
+from pretrain.signals import EXIT_INTERRUPTED, StopRequest
 
 EXIT_OK, EXIT_NONFINITE = 0, 3
 
@@ -108,10 +108,7 @@ class Trainer:
             if result["nonfinite"] and self.nonfinite_run > t.max_nonfinite_steps:
                 return self._stop_nonfinite()
             if result["stop"]:
-                self.save()
-                self.metrics.message(f"received {self.stop.signal_name or 'a stop signal on another rank'}: saved "
-                                     f"step {self.step} to {self.ckpt.root}; exiting so the job can be requeued")
-                return EXIT_OK
+                return self._stop_on_signal(result["interrupted"])
             if t.ckpt_every and self.step % t.ckpt_every == 0:
                 self.save()
                 saved_at = self.step
@@ -136,9 +133,9 @@ class Trainer:
             losses.append(loss.detach().float())
         local = torch.stack(losses)
         finite = torch.isfinite(local)
-        # [loss sum over finite micro-batches, non-finite count, stop request] summed over all ranks
-        agreed = torch.tensor([float(local[finite].sum()), float((~finite).sum()), float(self.stop.requested)],
-                              dtype=torch.float64)
+        # [loss sum over finite micro-batches, non-finite count, stop request, Ctrl-C] summed over all ranks
+        agreed = torch.tensor([float(local[finite].sum()), float((~finite).sum()), float(self.stop.requested),
+                               float(self.stop.interrupted)], dtype=torch.float64)
         dist.all_reduce(agreed)
         nonfinite = agreed[1].item() > 0
         self.nonfinite_run = self.nonfinite_run + 1 if nonfinite else 0
@@ -149,7 +146,8 @@ class Trainer:
         count = len(losses) * self.world_size
         grad_norm = self.engine.get_global_grad_norm()
         return {"loss": agreed[0].item() / count if not nonfinite else math.nan, "nonfinite": nonfinite, "lr": lr,
-                "stop": agreed[2].item() > 0, "grad_norm": None if grad_norm is None else float(grad_norm)}
+                "stop": agreed[2].item() > 0, "interrupted": agreed[3].item() > 0,
+                "grad_norm": None if grad_norm is None else float(grad_norm)}
 
     def evaluate(self) -> dict:
         """Validation loss and perplexity at the current window length over ``train.eval_batches`` batches."""
@@ -176,6 +174,17 @@ class Trainer:
                 "lr": w["lr"], "grad_norm": w["grad_norm"], "tokens_per_s": w["tokens_per_s"],
                 "mfu": mfu(flops, w["tokens_per_s"], self.peak_flops, self.world_size),
                 "max_mem_gb": mem.item(), "skipped_steps": w["skipped"]}
+
+    def _stop_on_signal(self, interrupted: bool) -> int:
+        """Save after a stop signal on any rank; exit 130 if it was Ctrl-C (on any rank), else 0 (requeue)."""
+        self.save()
+        if interrupted:
+            self.metrics.message(f"interrupted: saved step {self.step} to {self.ckpt.root}; run the same command "
+                                 f"again to resume from there")
+            return EXIT_INTERRUPTED
+        self.metrics.message(f"received {self.stop.signal_name or 'a stop signal on another rank'}: saved "
+                             f"step {self.step} to {self.ckpt.root}; exiting so the job can be requeued")
+        return EXIT_OK
 
     def _stop_nonfinite(self) -> int:
         self.save()

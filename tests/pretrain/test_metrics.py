@@ -4,6 +4,9 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,36 @@ def test_stop_request_records_the_first_signal_and_restores_handlers():
     assert stop.requested and stop.signal_name == "SIGUSR1"
     stop.restore()
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_CTRL_C = """
+import os, signal, sys, time
+from pretrain.signals import StopRequest
+stop = StopRequest()
+os.kill(os.getpid(), signal.SIGINT)            # Ctrl-C from the terminal
+os.kill(os.getpid(), signal.SIGINT)            # the same Ctrl-C forwarded by a launcher: not a second one
+assert stop.requested and stop.interrupted and stop.signal_name == "SIGINT"
+print("still running", flush=True)
+time.sleep(1.2)
+os.kill(os.getpid(), signal.SIGINT)            # the user's second Ctrl-C: the process ends here
+time.sleep(5)
+print("not aborted", flush=True)
+"""
+
+
+def test_ctrl_c_asks_for_a_save_and_a_second_one_aborts_at_once():
+    done = subprocess.run([sys.executable, "-c", _CTRL_C], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, RANK="0"))
+    assert done.returncode == -signal.SIGINT, done.stderr
+    assert done.stdout == "still running\n" and "Traceback" not in done.stderr
+    assert done.stderr.count("interrupted: finishing this step and saving") == 1
+
+
+def test_sigterm_is_not_an_interrupt():
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and not stop.interrupted
+    finally:
+        stop.restore()

@@ -95,6 +95,28 @@ def test_sigterm_finishes_the_step_saves_and_resumes(hg38_shards, runs, straight
     assert losses(runs / "signal") == losses(straight)
 
 
+def test_ctrl_c_finishes_the_step_saves_exits_130_and_the_same_command_resumes(hg38_shards, runs, straight):
+    """Ctrl-C reaches every rank (the terminal signals the whole process group), then a launcher forwards it once
+    more: one save, exit 130 on every rank, one line saying how to resume, and the same command resumes exactly."""
+    args = tiny_args(hg38_shards, runs, "ctrl-c", **{"train.max_steps": 8})
+    launch = start_ranks(args, runs / "logs-ctrl-c-1")
+    metrics, deadline = runs / "ctrl-c" / "metrics.jsonl", time.time() + 240
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert time.time() < deadline and all(p.poll() is None for p in launch.procs), launch.output(0)[-3000:]
+        time.sleep(0.02)
+    for _ in range(2):
+        for proc in launch.procs:
+            proc.send_signal(signal.SIGINT)
+    assert launch.wait() == [130, 130], launch.output(0)[-3000:]
+    out = launch.output(0)
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert out.count("run the same command again to resume") == 1
+    stopped = int((runs / "ctrl-c" / "checkpoints" / "latest").read_text().split("-")[1])
+    assert 2 <= stopped < 8 and f"interrupted: saved step {stopped} to" in out
+    run_ranks(args, runs / "logs-ctrl-c-2")
+    assert losses(runs / "ctrl-c") == losses(straight)
+
+
 def test_zero2_through_the_deepspeed_launcher(hg38_shards, runs, straight):
     args = tiny_args(hg38_shards, runs, "zero2", **{"parallel.zero_stage": 2})
     env = dict(os.environ, OMP_NUM_THREADS="1")
