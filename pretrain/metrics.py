@@ -85,8 +85,9 @@ def truncate_after(path: Path, step: int) -> int:
 class MetricsLogger:
     """Writes metrics on rank 0 only (other ranks get a logger that does nothing)."""
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, *, enabled: bool, resume_step: int | None = None, formatter=None):
         self.enabled = enabled
+        self.formatter = formatter or format_line  # (record, split) -> console line; the fine-tuning app has its own
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if not enabled:
@@ -113,7 +114,7 @@ class MetricsLogger:
             if key not in ("step", "split") and isinstance(value, (int, float)) and value is not None:
                 self._tb.add_scalar(f"{split}/{key}", value, record["step"])
         self._tb.flush()
-        print(format_line(record, split), file=sys.stdout, flush=True)
+        print(self.formatter(record, split), file=sys.stdout, flush=True)
 
     def message(self, text: str) -> None:
         if self.enabled:
