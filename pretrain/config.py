@@ -78,6 +78,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_nonfinite_steps: int = 10
     peak_flops: float | None = None
+    # Start a new run from these weights (a run dir, its checkpoints/ or a step dir, or a from_pretrained export):
+    # weights only, step 0, a new optimizer and data order. Ignored once the run has a checkpoint of its own.
+    init_from: str | None = None
 
     def seq_lens(self) -> list[int]:
         """Every window length of the run, warm-up stages first."""

@@ -26,6 +26,7 @@ from pretrain.metrics import MetricsLogger, max_memory_gb, mfu, peak_flops_per_d
 from pretrain.plan import build_plan, make_stream
 from pretrain.schedule import stage_at
 from pretrain.signals import EXIT_INTERRUPTED, StopRequest
+from pretrain.warm_start import check_resume_config, load_init_weights
 
 EXIT_OK, EXIT_NONFINITE = 0, 3
 
@@ -46,19 +47,25 @@ class Trainer:
         self.rank, self.world_size, self.device = init_distributed(cfg.parallel.backend)
         self.dims = ParallelDims.from_world(self.world_size, cfg.parallel.sequence).build()
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.config_yaml = cfg_io.dump_yaml(cfg)
+        check_resume_config(self.run_dir, self.config_yaml)  # before this config replaces the run's config.yaml
         self._seed_everything()
         _set_kernel_defaults(cfg)
         check_data(cfg, load_manifest(Path(cfg.data.path)).chunk_len)
         self.train_stream = make_stream(cfg, self.dims, split=cfg.data.train_split, train=True)
         self.stages = build_plan(cfg, self.dims)
         self.model = _build_model(cfg)
+        # Before the engine wraps (and with ZeRO-3 partitions) the parameters; a resume below overwrites them.
+        init_from = load_init_weights(self.model, cfg.train.init_from) if cfg.train.init_from else None
         self.engine = build_engine(self.model, cfg, self.stages[0], self.dims.dp)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.train.keep_checkpoints,
                                       rank=self.rank, world_size=self.world_size, barrier=dist.barrier)
         self.step, self.tokens, self.nonfinite_run = 0, 0, 0
         self.stage = None
-        self.config_yaml = cfg_io.dump_yaml(cfg)
         resumed = self.resume()
+        if init_from is not None and not resumed and self.rank == 0:
+            print(f"initialised the model weights from {init_from} (train.init_from; step 0, new optimizer)",
+                  flush=True)
         self._enter_stage(stage_at(self.stages, self.step))  # as the uninterrupted run would at this step
         self.metrics = MetricsLogger(self.run_dir, enabled=self.rank == 0,
                                      resume_step=self.step if resumed else None)
