@@ -56,6 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier preparation")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    sp = sub.add_parser("species", help="several genomes -> a species-classification task (shards per species + "
+                        "task.json)")
+    sp.add_argument("--genome", action="append", default=[], metavar="NAME=FASTA",
+                    help="a species and its genome FASTA (plain or bgzipped); repeat per species, label ids follow "
+                    "this order")
+    sp.add_argument("--out", type=Path, required=True, help="task folder")
+    sp.add_argument("--valid-chroms", action="append", default=[], metavar="SPECIES=CHROM,...",
+                    help="validation records per species, e.g. human=chr20,mouse=chr19")
+    sp.add_argument("--test-chroms", action="append", default=[], metavar="SPECIES=CHROM,...",
+                    help="test records per species, e.g. human=chr21,mouse=chr18")
+    sp.add_argument("--holdout-fraction", type=float, default=None, metavar="F",
+                    help="for species without chromosome lists: the last F of every record is test and the F "
+                    "before it valid (single-record genomes)")
+    sp.add_argument("--chunk-len", type=_size, default=DEFAULT_CHUNK_LEN, help="bases per sample")
+    sp.add_argument("--min-acgt", type=float, default=0.5, help="drop chunks below this A/C/G/T fraction")
+    sp.add_argument("--shard-size", type=_size, default=DEFAULT_SHARD_SIZE, help="bases per shard")
+    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--iupac-to-n", action="store_true", help="read IUPAC ambiguity codes as N")
+    sp.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier preparation")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
     i = sub.add_parser("inspect", help="per split: shards, samples, bases, N / soft-masked fractions, dropped")
     i.add_argument("dir", type=Path)
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -93,8 +114,13 @@ def _run(args: argparse.Namespace) -> int:
             fasta=args.fasta, out=args.out, bed=args.bed, valid_chroms=args.valid_chroms,
             test_chroms=args.test_chroms, chroms=args.chroms, chunk_len=args.chunk_len, min_acgt=args.min_acgt,
             shard_size=args.shard_size, workers=args.workers, clip=args.clip, iupac_to_n=args.iupac_to_n,
-            overwrite=args.overwrite, progress=not args.quiet, command=["python", "-m", "data_prep"] + sys.argv[1:]),
+            overwrite=args.overwrite, progress=not args.quiet, command=["python", "-m", "data_prep"] + args.argv),
             log=_log)
+        return 0
+    if args.cmd == "species":
+        from data_prep.species import prepare_species, species_config_from_args
+
+        prepare_species(species_config_from_args(args, ["python", "-m", "data_prep"] + args.argv), log=_log)
         return 0
     if args.cmd == "inspect":
         from data_prep.format import load_manifest
@@ -129,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in manifests as the command line
     try:
         return _run(args)
     except ValueError as err:
