@@ -1,0 +1,73 @@
+"""The ``mpu`` object that tells DeepSpeed about a data x sequence-parallel layout.
+
+DeepSpeed reads its process groups from an ``mpu`` passed to ``deepspeed.initialize``. With this one:
+
+- ZeRO partitions parameters / gradients / optimizer state over the **sequence-data-parallel** group, all
+  ``dp * sp`` ranks, so the ranks of one SP group do not each hold a full optimizer state;
+- gradients are reduced over that same group and divided by ``dp`` (DeepSpeed divides by
+  ``seq_dp_world_size / sp``): each rank's gradient is its share of the group's summed loss, so summing over the
+  SP ranks and averaging over the DP ranks gives the single-process gradient of the mean loss;
+- batch sizes count data-parallel replicas only (``train_batch_size = micro_batch * accumulation * dp``);
+- there is no model (tensor) parallelism: the model-parallel group is this rank alone, so the gradient-norm and
+  overflow all-reduces DeepSpeed makes over it are no-ops.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from parallel.dims import ParallelDims
+
+
+class SequenceDataParallelMPU:
+    """DeepSpeed ``mpu`` for ``dims`` (built). Pass it as ``deepspeed.initialize(..., mpu=...)`` when ``sp > 1``."""
+
+    def __init__(self, dims: ParallelDims):
+        if dims.rank is None:
+            raise ValueError("SequenceDataParallelMPU needs a built ParallelDims (call dims.build() first)")
+        self.dims = dims
+        # Only this rank joins its own group: no collective over the other ranks is needed to create it.
+        self._self_group = dist.new_group([dims.rank], use_local_synchronization=True)
+
+    # sequence parallel
+    def get_sequence_parallel_group(self):
+        return self.dims.sp_group
+
+    def get_sequence_parallel_world_size(self) -> int:
+        return self.dims.sp
+
+    def get_sequence_parallel_rank(self) -> int:
+        return self.dims.sp_rank
+
+    # sequence x data parallel: every rank (the layout has no other dimension)
+    def get_sequence_data_parallel_group(self):
+        return dist.group.WORLD
+
+    def get_sequence_data_parallel_world_size(self) -> int:
+        return self.dims.dp * self.dims.sp
+
+    def get_sequence_data_parallel_rank(self) -> int:
+        return self.dims.rank
+
+    # data parallel replicas
+    def get_data_parallel_group(self):
+        return self.dims.dp_group
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.dims.dp
+
+    def get_data_parallel_rank(self) -> int:
+        return self.dims.dp_rank
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return self.dims.dp_group_ranks()[self.dims.sp_rank]
+
+    # no model parallelism
+    def get_model_parallel_group(self):
+        return self._self_group
+
+    def get_model_parallel_world_size(self) -> int:
+        return 1
+
+    def get_model_parallel_rank(self) -> int:
+        return 0
