@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--fasta", type=Path, help="compare every sample with this FASTA at its coordinates")
 
     d = sub.add_parser("download", help="UCSC genome files, checksum-verified, resumable, cached")
-    d.add_argument("assembly", choices=["hg38"])
+    d.add_argument("assembly", help="UCSC assembly name, e.g. hg38, mm39, panTro6, gorGor6, ponAbe3, panPan3, "
+                   "susScr11, micMur2")
     d.add_argument("--out", type=Path, required=True, help="cache folder")
     d.add_argument("--chroms", type=_names, help="only these chromosomes (comma-separated), e.g. chr22")
     d.add_argument("--base-url", default=None, help="mirror of UCSC's goldenPath folder")

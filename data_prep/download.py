@@ -1,9 +1,14 @@
-"""``python -m data_prep download hg38``: UCSC's published genome files, checksum-verified, resumable, cached.
+"""``python -m data_prep download ASSEMBLY``: UCSC's published genome files, checksum-verified, resumable, cached.
 
+Any UCSC assembly by its database name (hg38, mm39, panTro6, gorGor6, ponAbe3, panPan3, susScr11, micMur2, ...).
 Remote layout (UCSC ``goldenPath``; ``--base-url`` points at a mirror)::
 
-    <base>/<assembly>/chromosomes/chrN.fa.gz + md5sum.txt     one chromosome per file
-    <base>/<assembly>/bigZips/<assembly>.fa.gz + md5sum.txt   the whole genome
+    <base>/<assembly>/bigZips/<assembly>.fa.gz + md5sum.txt   the whole genome (every UCSC assembly)
+    <base>/<assembly>/chromosomes/chrN.fa.gz + md5sum.txt     one chromosome per file (``--chroms``; only the
+                                                              assemblies that UCSC publishes per chromosome,
+                                                              e.g. hg38, mm39; scaffold assemblies have none)
+
+Assemblies that UCSC serves only as ``<assembly>.2bit`` are refused with the conversion command.
 
 Downloads go to ``OUT/<assembly>/<same relative path>``, first as ``*.part`` (an interrupted download is
 continued with an HTTP range request), and are kept only when their md5 matches UCSC's ``md5sum.txt``.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -25,7 +31,9 @@ from pathlib import Path
 from data_prep.fasta import load_index
 
 UCSC_BASE_URL = "https://hgdownload.soe.ucsc.edu/goldenPath"
-ASSEMBLIES = ("hg38",)
+# Examples for help texts; any name of UCSC's database form is accepted (and checked against its md5sum.txt).
+ASSEMBLIES = ("hg38", "mm39", "panTro6", "gorGor6", "ponAbe3", "panPan3", "susScr11", "micMur2")
+_ASSEMBLY_NAME = re.compile(r"^[a-z][A-Za-z]{1,15}[0-9]{1,3}$")
 _BLOCK = 1 << 20
 
 
@@ -47,14 +55,25 @@ def genome_fasta_name(assembly: str, chroms: list[str] | None) -> str:
 def download_genome(assembly: str, out: Path, chroms: list[str] | None = None, *, base_url: str = UCSC_BASE_URL,
                     progress: bool = True, log=print, timeout: float = 60.0) -> Path:
     """Fetch ``assembly`` (whole, or the listed chromosomes) and return the path of a plain, indexed FASTA."""
-    if assembly not in ASSEMBLIES:
-        raise ValueError(f"unknown assembly {assembly!r}; supported: {', '.join(ASSEMBLIES)}")
+    check_assembly_name(assembly)
     root = Path(out) / assembly
     folder = "chromosomes" if chroms else "bigZips"
     files = [f"{c}.fa.gz" for c in chroms] if chroms else [f"{assembly}.fa.gz"]
     url = f"{base_url.rstrip('/')}/{assembly}/{folder}"
-    sums = _md5_listing(f"{url}/md5sum.txt", root / folder / "md5sum.txt", timeout, log)
+    if chroms:
+        absent = (f"UCSC publishes no per-chromosome files for {assembly} (scaffold-level assemblies have none): "
+                  "drop --chroms to download the whole genome")
+    else:
+        absent = (f"UCSC has no assembly {assembly!r}: check the name (database names such as "
+                  f"{', '.join(ASSEMBLIES[:5])}; list: https://hgdownload.soe.ucsc.edu/downloads.html)")
+    sums = _md5_listing(f"{url}/md5sum.txt", root / folder / "md5sum.txt", timeout, log, absent)
     missing = [f for f in files if f not in sums]
+    if missing and not chroms:
+        twobit = f"{assembly}.2bit"
+        how = (f"it serves {twobit} only: fetch it and run `twoBitToFa {twobit} {assembly}.fa`, then pass "
+               f"{assembly}.fa as a local FASTA" if twobit in sums else
+               f"it lists {', '.join(sorted(sums)[:6]) or 'nothing'}")
+        raise DownloadError(f"{url}/md5sum.txt does not list {files[0]}: {how}")
     if missing:
         raise DownloadError(f"{url}/md5sum.txt does not list {', '.join(missing)} (unknown chromosome name?)")
     fasta = root / genome_fasta_name(assembly, chroms)
@@ -71,13 +90,25 @@ def download_genome(assembly: str, out: Path, chroms: list[str] | None = None, *
     return fasta
 
 
-def _md5_listing(url: str, cache: Path, timeout: float, log) -> dict[str, str]:
+def check_assembly_name(assembly: str) -> str:
+    """UCSC database names are letters then a version number (hg38, panTro6, susScr11); anything else is refused
+    before it becomes part of a URL or a folder name."""
+    if not isinstance(assembly, str) or not _ASSEMBLY_NAME.match(assembly):
+        raise ValueError(f"{assembly!r} is not a UCSC assembly name: use the database name, letters then a version "
+                         f"number, e.g. {', '.join(ASSEMBLIES)}")
+    return assembly
+
+
+def _md5_listing(url: str, cache: Path, timeout: float, log, absent: str = "") -> dict[str, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             text = resp.read().decode()
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(text)
     except (urllib.error.URLError, OSError) as err:
+        if isinstance(err, urllib.error.HTTPError) and err.code == 404 and absent:
+            # the server answered that the folder does not exist: a cached listing would be stale, not helpful
+            raise DownloadError(f"{url}: HTTP 404 Not Found; {absent}") from None
         if not cache.is_file():
             raise DownloadError(f"cannot fetch {url} ({getattr(err, 'reason', err)}); offline? Pass a local FASTA "
                                 "instead, or a reachable mirror with --base-url") from None

@@ -58,7 +58,20 @@ def ucsc(sample_data, tmp_path_factory):
                bigzips / "hg38.fa.gz": (hg38 / "hg38_subset.fa").read_bytes()}
     for path, data in sources.items():
         path.write_bytes(gzip.compress(data, compresslevel=1))
-    for folder in (chroms, bigzips):
+    # Other assemblies in their UCSC layout: panTro6 (whole genome in bigZips, no chromosomes/ folder) made of the
+    # real panTro6 chr1 fragment, and an assembly published as .2bit only (as some older UCSC assemblies are).
+    chimp = root / "goldenPath" / "panTro6" / "bigZips"
+    chimp.mkdir(parents=True)
+    chimp_fa = gzip.decompress((sample_data / "species/nuclear/chimp_panTro6_chr1_111982700-112009400.fa.gz")
+                               .read_bytes())
+    sources[chimp / "panTro6.fa.gz"] = chimp_fa
+    chimp.joinpath("panTro6.fa.gz").write_bytes(gzip.compress(chimp_fa, compresslevel=1))
+    old = root / "goldenPath" / "oldAsm1" / "bigZips"
+    old.mkdir(parents=True)
+    twobit = bytes.fromhex("4327411a") + bytes(12)  # a 2bit header (signature, version 0, no sequences)
+    old.joinpath("oldAsm1.2bit").write_bytes(twobit)
+    old.joinpath("md5sum.txt").write_text(f"{hashlib.md5(twobit).hexdigest()}  oldAsm1.2bit\n")
+    for folder in (chroms, bigzips, chimp):
         folder.joinpath("md5sum.txt").write_text("".join(
             f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(folder.glob("*.fa.gz"))))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -152,3 +165,28 @@ def test_demo_shards_default_to_the_embedded_sample_offline(tmp_path):
         "chr2\t0\t2099947\ttrain", "chr2\t2099947\t2333275\tvalid", "chr20\t0\t2700000\ttrain",
         "chr20\t2700000\t3000000\tvalid", "chrM\t0\t14912\ttrain", "chrM\t14912\t16569\tvalid"]
     assert not (tmp_path / "c").exists()  # nothing downloaded
+
+
+def test_any_ucsc_assembly_by_name(ucsc, tmp_path, capsys):
+    server, base, sources = ucsc
+    assert main(["download", "panTro6", "--out", str(tmp_path), "--base-url", base, "--quiet"]) == 0
+    fasta = tmp_path / "panTro6" / "panTro6.fa"
+    assert capsys.readouterr().out.strip() == str(fasta)
+    assert fasta.read_bytes() == sources[server.root / "goldenPath" / "panTro6" / "bigZips" / "panTro6.fa.gz"]
+    assert _fetches(server, "/goldenPath/panTro6/bigZips/md5sum.txt")
+    assert (tmp_path / "panTro6" / "panTro6.fa.fai").read_text().startswith("chr1:111982700-112009400\t26700\t")
+
+
+@pytest.mark.parametrize("assembly, chroms, message", [
+    ("gorGor9", None, "HTTP 404 Not Found; UCSC has no assembly 'gorGor9': check the name"),
+    ("panTro6", ["chr1"], "UCSC publishes no per-chromosome files for panTro6"),
+    ("oldAsm1", None, "serves oldAsm1.2bit only: fetch it and run `twoBitToFa oldAsm1.2bit oldAsm1.fa`"),
+    ("../etc", None, "is not a UCSC assembly name"),
+    ("hg", None, "is not a UCSC assembly name"),
+])
+def test_assemblies_ucsc_cannot_serve_are_clear_errors(ucsc, tmp_path, assembly, chroms, message):
+    _, base, _ = ucsc
+    with pytest.raises(ValueError) as err:
+        download_genome(assembly, tmp_path, chroms, base_url=base, progress=False, log=lambda *_: None)
+    assert message in str(err.value)
+    assert not list(tmp_path.rglob("*.fa*"))
