@@ -131,6 +131,41 @@ def test_zero2_through_the_deepspeed_launcher(hg38_shards, runs, straight):
     assert got == pytest.approx(ref, rel=1e-5)  # same maths, different reduction layout
 
 
+def test_ctrl_c_in_a_terminal_under_the_deepspeed_launcher_saves(hg38_shards, runs):
+    """Ctrl-C reaches the launchers and the ranks (one process group); DeepSpeed's launcher also sends the ranks
+    SIGTERM. The ranks save once and print the resume line. The `deepspeed` command's own exit is DeepSpeed's: not
+    0, and it may return before the ranks have finished saving (its runner dies of the SIGINT), hence the wait."""
+    args = tiny_args(hg38_shards, runs, "ctrl-c-ds", **{"train.max_steps": 40})
+    cmd = [str(REPO / ".venv" / "bin" / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(MAIN), *args]
+    if not os.path.exists(cmd[0]):
+        cmd[0:1] = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    with (runs / "ctrl-c-ds.log").open("w") as log:
+        launcher = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    metrics, deadline = runs / "ctrl-c-ds" / "metrics.jsonl", time.time() + 240
+    try:
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            assert time.time() < deadline and launcher.poll() is None, (runs / "ctrl-c-ds.log").read_text()[-3000:]
+            time.sleep(0.02)
+        os.killpg(launcher.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert launcher.wait(timeout=120) != 0
+        deadline = time.time() + 120
+        while "run the same command again" not in (runs / "ctrl-c-ds.log").read_text():
+            assert time.time() < deadline, (runs / "ctrl-c-ds.log").read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)  # anything printed after the line (a second one would fail below)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    out = (runs / "ctrl-c-ds.log").read_text()
+    assert out.count("run the same command again to resume") == 1, out[-3000:]
+    assert "pretrain/" not in "".join(line for line in out.splitlines() if line.startswith("  File "))  # no trace
+    # of ours (DeepSpeed's runner prints its own KeyboardInterrupt traceback)
+    stopped = int((runs / "ctrl-c-ds" / "checkpoints" / "latest").read_text().split("-")[1])
+    assert 2 <= stopped < 40 and f"interrupted: saved step {stopped} to" in out
+
+
 def test_zero3_export_gives_the_engine_logits(hg38_shards, runs, straight, tmp_path):
     run_ranks(tiny_args(hg38_shards, runs, "zero3", **{"parallel.zero_stage": 3}), runs / "logs-zero3",
               script=PROBE)

@@ -1,5 +1,7 @@
-"""The sbatch scripts in slurm/: syntax and argument checks everywhere; on a machine with a SLURM cluster, a real
-job that gets the time-limit signal, saves, requeues itself and resumes to the same losses as a straight run."""
+"""The sbatch scripts in slurm/: syntax and argument checks everywhere; then real jobs on a two-node SLURM cluster
+(the ``slurm`` fixture: the configured cluster, or a local one started for the run, see ``slurm_cluster.py``): a
+job that gets the time-limit signal, saves, requeues itself and resumes to the same losses as a straight run, and
+a sequence-parallel job split across the two nodes. Without a cluster these skip, except under CI=true (fail)."""
 
 import os
 import re
@@ -8,8 +10,9 @@ import sys
 import time
 
 import pytest
+import slurm_cluster
 
-from launch_helpers import REPO, free_port, losses, read_metrics, tiny_args
+from launch_helpers import REPO, free_port, losses, read_metrics, run_ranks, tiny_args
 
 SCRIPTS = [REPO / "slurm" / "pretrain.sh", REPO / "slurm" / "pretrain_1m.sh"]
 
@@ -33,6 +36,18 @@ def test_1m_script_picks_its_config_by_model():
 def test_generic_script_needs_a_config_file():
     done = subprocess.run(["bash", str(SCRIPTS[0]), "configs/nope.yaml"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "usage: sbatch [sbatch options] slurm/pretrain.sh CONFIG.yaml" in done.stderr
+
+
+def test_a_local_cluster_is_started_only_when_asked_and_as_root(monkeypatch):
+    monkeypatch.setattr(slurm_cluster.shutil, "which", lambda name: None)  # no cluster configured here
+    monkeypatch.delenv("LONGDNA_LOCAL_SLURM", raising=False)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(slurm_cluster.Unavailable, match="LONGDNA_LOCAL_SLURM=1 starts a local one"):
+        slurm_cluster.find_or_start()
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 1000)
+    with pytest.raises(slurm_cluster.Unavailable, match="needs root"):
+        slurm_cluster.find_or_start()
 
 
 def _job_field(job_id: str, field: str, env: dict) -> str:
@@ -79,3 +94,28 @@ def test_sbatch_job_saves_on_usr1_requeues_and_resumes(slurm, hg38_shards, runs,
     assert sorted(got) == list(range(1, 17))
     assert {s: got[s] for s in ref} == ref  # the same bits as the uninterrupted run
     assert [r["step"] for r in read_metrics(runs / "slurm")[1]] == [4, 8, 12, 16]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sequence_parallel_job_across_two_nodes_logs_the_losses_of_one_process(slurm, hg38_shards, runs):
+    """parallel.sequence=2 through slurm/pretrain.sh: one task on each of two nodes splits every window in two
+    (the SP group spans the nodes, data parallelism is 1). Its losses are those of one process holding whole
+    windows (rel 1e-5: the same windows, the sums reduced in another order)."""
+    (runs / "empty.yaml").write_text("")
+    log = runs / "slurm-sp2.out"
+    env = dict(slurm.env, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    job = subprocess.run(["sbatch", "--wait", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                          "--gpus-per-node=0", "--time=10", "--job-name=longdna-sp2", f"--output={log}",
+                          "slurm/pretrain.sh", str(runs / "empty.yaml"),
+                          *tiny_args(hg38_shards, runs, "sp2", **{"parallel.sequence": 2})],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = log.read_text() if log.is_file() else job.stderr
+    if job.returncode != 0 and "sequence parallelism is not implemented" in out:
+        pytest.xfail("pretrain/main.py refuses parallel.sequence > 1 in this version (sequence parallelism pending)")
+    assert job.returncode == 0, out[-4000:]
+    assert "on 2 node(s), 2 tasks" in out
+    run_ranks(tiny_args(hg38_shards, runs, "sp1"), runs / "logs-sp1", nproc=1)
+    got, ref = losses(runs / "sp2"), losses(runs / "sp1")
+    assert sorted(got) == sorted(ref) == list(range(1, 9))
+    assert got == pytest.approx(ref, rel=1e-5)
