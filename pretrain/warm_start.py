@@ -37,7 +37,8 @@ def config_differences(saved: dict, new: dict, keys=("model",)) -> list[str]:
     old_flat, new_flat = _flatten(saved), _flatten(new)
     wanted = [k for k in old_flat if k in new_flat and k not in RUNTIME_MODEL_KEYS
               and any(k == p or k.startswith(p + ".") for p in keys)]
-    return [f"{k}: {old_flat[k]!r} in the checkpoint, {new_flat[k]!r} now" for k in wanted if old_flat[k] != new_flat[k]]
+    return [f"{k}: {old_flat[k]!r} in the checkpoint, {new_flat[k]!r} now"
+            for k in wanted if old_flat[k] != new_flat[k]]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

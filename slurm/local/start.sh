@@ -33,7 +33,8 @@ SOCK="$STATE/munge/munge.socket"
 # --- packages (Debian); postinst scripts must not start the system-wide daemons, hence policy-rc.d
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
    || ! command -v munged >/dev/null; then
-  command -v apt-get >/dev/null || die "slurmctld/slurmd/sbatch/munged are missing and there is no apt-get to install them"
+  command -v apt-get >/dev/null \
+    || die "slurmctld/slurmd/sbatch/munged are missing and there is no apt-get to install them"
   log "installing slurmctld slurmd slurm-client munge with apt-get"
   policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
@@ -141,8 +142,11 @@ done
 deadline=$(( $(date +%s) + TIMEOUT ))
 while :; do
   states=$(sinfo -h -N -o '%N %T' 2>/dev/null || true)
-  [ "$(echo "$states" | awk '$2 == "idle" || $2 == "mixed" || $2 == "allocated"' | grep -c .)" -ge "$NODES" ] && break
-  for n in $(echo "$states" | awk '$2 ~ /down|drain/ {print $1}'); do scontrol update NodeName="$n" State=RESUME || true; done
+  up=$(echo "$states" | awk '$2 == "idle" || $2 == "mixed" || $2 == "allocated"' | grep -c . || true)
+  [ "$up" -ge "$NODES" ] && break
+  for n in $(echo "$states" | awk '$2 ~ /down|drain/ {print $1}'); do  # left down by an earlier run
+    scontrol update NodeName="$n" State=RESUME || true
+  done
   [ "$(date +%s)" -lt "$deadline" ] || { echo "$states" >&2; die "nodes not idle after ${TIMEOUT}s (logs: $STATE/log)"; }
   sleep 0.3
 done
