@@ -9,7 +9,7 @@ from pretrain.args import resolve
 from pretrain.schedule import batch_split
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-ALL = sorted(CONFIGS.rglob("*.yaml"))
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if "finetune" not in p.relative_to(CONFIGS).parts)  # pretraining
 
 
 def _params(cfg) -> int:

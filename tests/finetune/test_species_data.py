@@ -2,7 +2,9 @@
 resumable, leak-free (no held-out base inside a train window), balanced over species, with finite passes that
 cover the same windows for any number of ranks."""
 
+import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from data_prep.cli import main
 from data_prep.fasta import FastaReader
 from data_prep.format import load_manifest
+from finetune.main import resolve
 from finetune.species_data import IGNORE_LABEL, SpeciesStream
 from models.tokenizer import PAD_ID, encode, reverse_complement
 
@@ -177,3 +180,17 @@ def test_bad_arguments_are_clear_errors(task):
         SpeciesStream(task / "human", "train", 100, 2)
     with pytest.raises(ValueError, match="rc_prob"):
         SpeciesStream(task, "train", 100, 2, rc_prob=1.5)
+
+
+def test_species_task_configs_load_and_match_their_prep_commands():
+    """The two papers' species configs resolve through the fine-tuning schema, and the prep command in each
+    one's comments writes the task folder the config reads, with one --genome per class."""
+    configs = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+    expected = {"species_hyenadna.yaml": ["human", "lemur", "mouse", "pig", "hippo"],
+                "species_great_apes.yaml": ["human", "chimpanzee", "gorilla", "orangutan", "bonobo"]}
+    for name, species in expected.items():
+        cfg = resolve(configs / name, [])
+        assert cfg.data.format == "species" and cfg.data.seq_len == 1024 and cfg.train.max_steps
+        text = (configs / name).read_text()
+        assert f"python -m data_prep species --out {cfg.data.task_dir} " in text
+        assert re.findall(r"--genome (\w+)=", text) == species
