@@ -17,7 +17,9 @@ bacteria and mitochondria). Every species must have every split the task has (a 
 that lacks a class measures nothing about it).
 
 Everything is checked for every species before anything is written (bad ``--genome`` specs, a species given
-twice, unknown or unreadable files, plain gzip, unknown chromosomes, empty splits): an error leaves no ``DIR``.
+twice, unknown or unreadable files, plain gzip, unknown chromosomes, empty splits, and, in an existing ``DIR``,
+shards of a different preparation without ``--overwrite``): an error leaves no ``DIR`` and changes none. Bytes
+that are not DNA are found while a genome is read, as in ``data_prep shards``: species before it are kept.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from pathlib import Path
 
 from data_prep import __version__
 from data_prep.fasta import load_index
+from data_prep.format import MANIFEST_NAME
 from data_prep.prep import DEFAULT_CHUNK_LEN, DEFAULT_SHARD_SIZE, PrepConfig, plan, prepare
+from data_prep.resume import stale_reason
 
 TASK_FORMAT = "longdna-species-task"
 TASK_VERSION = 1
@@ -152,6 +156,11 @@ def _plan_all(cfg: SpeciesConfig, bed_dir: Path) -> tuple[list[PrepConfig], dict
                 bed = bed_dir / f"{name}.bed"
                 bed.write_text(beds[name])
             head, _ = plan(_species_prep(cfg, name, fasta, bed))
+            earlier = Path(cfg.out) / name / MANIFEST_NAME
+            reason = stale_reason(earlier, head) if earlier.is_file() and not cfg.overwrite else None
+            if reason:  # found now, not after other species' shards were rewritten
+                raise ValueError(f"{earlier.parent} holds shards of a different preparation ({reason}); pass "
+                                 "--overwrite to replace them, or choose another --out")
         except ValueError as err:
             raise ValueError(f"species {name!r} ({fasta}): {err}") from None
         preps.append(_species_prep(cfg, name, fasta, bed))

@@ -79,6 +79,17 @@ def test_rerun_is_idempotent(task, sample_data, capsys):
     assert json.loads((task / "task.json").read_text())["species"] == json.loads(before)["species"]
 
 
+def test_a_different_preparation_in_the_same_folder_is_refused_before_any_write(task, sample_data, capsys):
+    before = {p: p.stat().st_mtime_ns for p in task.rglob("*") if p.is_file()}
+    rc, err = _run(capsys, "--genome", f"human={sample_data / 'hg38/hg38_subset.fa.gz'}",
+                   "--genome", f"ecoli={sample_data / ECOLI}", "--genome", f"worm={sample_data / WORM}",
+                   "--valid-chroms", "human=chrM", "--test-chroms", "human=chr20", "--holdout-fraction", "0.2",
+                   "--chunk-len", "262145", "--out", task)
+    assert rc == 2 and "species 'ecoli'" in err and "holds shards of a different preparation" in err
+    assert "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in task.rglob("*") if p.is_file()} == before
+
+
 def _mito(sample_data, **extra):
     args = ["--genome", f"human={sample_data / HUMAN_MT}", "--genome", f"chimp={sample_data / CHIMP_MT}",
             "--holdout-fraction", "0.1"]
