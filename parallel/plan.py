@@ -1,0 +1,383 @@
+"""Per-rank memory planner: sequence-parallel degree x ZeRO stage x activation checkpointing for a config and a GPU.
+
+    python -m parallel.plan --config configs/hyenadna_large_1m.yaml --gpus 8 --gpu-mem-gb 80
+    python -m parallel.plan --config configs/mamba_dna_1m.yaml --gpus 32 --gpus-per-node 8 --gpu-mem-gb 40 --json
+    python -m parallel.plan --config configs/mamba_dna_1m.yaml --gpus 8 --gpu-mem-gb 24 --pick   # prints the SP degree
+
+Every estimate is a formula of the model's shapes (no fitted constant), in bytes per rank:
+
+- **parameters / gradients / optimizer** (the ZeRO paper's accounting, P parameters, N = dp x sp ranks, since ZeRO
+  shards over all of them): bf16 = 2P weights + 2P gradients + 12P optimizer (fp32 master, Adam m and v); fp32 =
+  4P + 4P + 8P. Stage 1 divides the optimizer by N, stage 2 also the gradients, stage 3 also the weights.
+- **activations**: what each architecture's code keeps for the backward (derived from models/*.py,
+  kernels/*/ref.py and parallel/mixers.py; see :func:`_pieces`), at the moment of the backward where the most is
+  alive: every checkpointed piece input still waiting (fp32 residual stream), the residual gradient, and the
+  recomputed piece with its gradients. Without checkpointing, everything the forward saved.
+- **workspace**: the FFT buffers of one channel group (torch reference: 7 spectra of ``SPECTRUM_BUDGET``-bounded
+  groups alive in the backward; Triton: the 4 work buffers of a ``WORK_BUDGET`` group) or the scan's per-chunk
+  state tensors.
+
+``--reserve-gb`` (default 2) stands for what no formula here covers (CUDA context, NCCL and DeepSpeed buckets,
+allocator fragmentation). A setting fits when the sum plus the reserve is at most ``--gpu-mem-gb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+
+from models.config import ModelConfig
+
+GB = 1e9
+ZERO_STAGES = (0, 1, 2, 3)
+ZERO_PREFERENCE = (1, 2, 0, 3)  # stage 1/2 cost no more traffic than plain data parallelism; 3 gathers weights
+SCAN_WS_TENSORS = 7  # (chunk, B, Di, N) tensors alive in a chunk's backward (decay, states, adjoint, ...)
+FFT_REF_BWD_SPECTRA = 7  # rfft pads + outputs, products, the irfft clone and output of one channel group
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the plan: per-rank bytes of each part for (sp, zero_stage, checkpoint)."""
+
+    sp: int
+    dp: int
+    zero_stage: int
+    checkpoint: bool
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    workspace: float
+    total: float
+    fits: bool
+
+
+def _act_bytes(precision: str) -> int:
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return 2 if precision == "bf16" else 4
+
+
+def state_bytes(num_params: int, *, precision: str, zero_stage: int, world: int) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer state) per rank, ZeRO over ``world`` ranks."""
+    if zero_stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, got {zero_stage}")
+    a = _act_bytes(precision)
+    opt = 12 if a == 2 else 8
+    p, g, o = a * num_params, a * num_params, opt * num_params
+    return (p / world if zero_stage >= 3 else p, g / world if zero_stage >= 2 else g, o / world if zero_stage >= 1 else o)
+
+
+def _spectrum_group(channels: int, batch: int, length: int) -> int:
+    from kernels.fftconv.ref import SPECTRUM_BUDGET
+
+    return min(channels, max(1, SPECTRUM_BUDGET // (batch * (length + 1))))
+
+
+def _fft_workspace(channels: int, batch: int, length: int, impl: str) -> float:
+    """Bytes of the FFT long conv's backward buffers for one channel group."""
+    if impl == "torch":
+        group = _spectrum_group(channels, batch, length)
+        return FFT_REF_BWD_SPECTRA * batch * group * (length + 1) * 8  # complex64 spectra of size L+1
+    from kernels.fftconv.triton_launch import WORK_BUDGET
+
+    n = 1 << max(0, 2 * length - 1).bit_length()  # FFT size: the power of two >= 2L
+    pairs = (batch + 1) // 2
+    group = max(1, min(channels, WORK_BUDGET // (2 * pairs * n)))
+    return 4 * (2 * group * n) * (2 + 2 * pairs)  # filter spectrum, dk work, u and grad work buffers (fp32)
+
+
+def _scan_terms(cfg: ModelConfig, batch: int, length: int, impl: str) -> tuple[float, float]:
+    """(saved chunk-start states, backward workspace) of one selective scan over ``length`` steps."""
+    di, n = cfg.mamba.expand * cfg.d_model, cfg.mamba.d_state
+    if impl == "torch":
+        from kernels.scan.ref import CHUNK_STATE_ELEMENTS, MAX_CHUNK, MIN_CHUNK
+
+        chunk = 1 << max(0, (CHUNK_STATE_ELEMENTS // max(1, batch * di * n)).bit_length() - 1)
+        chunk = min(MAX_CHUNK, max(MIN_CHUNK, chunk))
+        return 4 * batch * di * n * math.ceil(length / chunk), SCAN_WS_TENSORS * 4 * chunk * batch * di * n
+    from kernels.scan.triton_launch import CHUNK, SEGMENT
+
+    npow = 1 << max(0, n - 1).bit_length()
+    return 4 * batch * di * npow * math.ceil(math.ceil(length / CHUNK) / SEGMENT), 0.0
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A checkpointed unit (norm + mixer, or norm + MLP): bytes it saves in the forward and bytes alive at the
+    peak of its backward (both excluding its input and the incoming residual gradient), and the part of the
+    latter that is kernel workspace."""
+
+    name: str
+    saved: float
+    backward: float
+    workspace: float
+
+
+def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl: str) -> list[Piece]:
+    """The pieces of one block with their byte counts on one rank of ``sp`` (slice of seq_len/sp positions)."""
+    d, w = cfg.d_model, cfg.mlp_width
+    n = batch * seq_len // sp  # positions on this rank
+    rms = 2 if cfg.arch != "hyena" else 1  # torch RMSNorm keeps x*rstd and the output; LayerNorm the output
+    pieces = []
+    if cfg.arch == "hyena":
+        h = cfg.hyena
+        chans = d // sp  # the long conv runs on d/sp channels over the whole window
+        k = a * chans * seq_len  # one (d/sp, L) filter-sized tensor (independent of the batch)
+        # implicit filter: per hidden Linear+Sin layer, its output, freq*x and sin(.) over L positions; the
+        # decay window and the filter itself (all kept while the recomputed piece runs)
+        filt = 3 * (1 + h.num_inner_mlps) * seq_len * h.filter_order * a + 2 * k
+        # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
+        saved = a * n * d * 10 + filt
+        ws = _fft_workspace(chans, batch, seq_len, impl)
+        # fftconv backward: conv out and gated freed; d(x0), d(conv out), d(x1*v) and dk alive, plus its buffers
+        backward = a * n * d * (8 + 3) + filt + k + ws
+        pieces.append(Piece("hyena mixer", saved, backward, ws))
+    elif cfg.arch == "mamba":
+        m = cfg.mamba
+        di, ns, r = m.expand * d, m.d_state, cfg.dt_rank
+        starts, ws = _scan_terms(cfg, batch, n // batch, impl)
+        # norm 2 (units of a*n*d); in_proj 2Di (x, z), conv Di, x_proj R+2N (dt, B, C), delta Di, y Di
+        saved = a * n * (rms * d + 5 * di + r + 2 * ns) + starts
+        backward = a * n * (rms * d + 8 * di + r + 4 * ns) + starts + ws  # y freed; dy, du, ddelta, dz, dB, dC
+        if sp > 1:
+            # parallel.mixers scans the slice twice (from zero, then from the carried state): a second set of
+            # chunk states, the softplus input of the decay product (fp32), and while the first scan's
+            # backward runs, the second one's du, ddelta, dz plus a zero gradient for its unused output
+            saved += starts + 4 * n * di
+            backward += starts + a * n * 3 * di
+        pieces.append(Piece("mamba mixer", saved, backward, ws))
+    else:
+        heads = cfg.transformer.n_head
+        # norm 2, qkv 3, rotated q and k 2, attention out 1 (+ fp32 log-sum-exp per head), merged heads 1
+        saved = a * n * d * (rms + 7) + 4 * n * heads
+        backward = saved + a * n * d * 4  # d(out), dq, dk, dv (flash-style attention: no L x L buffer)
+        pieces.append(Piece("attention", saved, backward, 0.0))
+    if w > 0:
+        if cfg.arch == "hyena":  # fc1 -> gelu -> fc2: norm out, fc1 out, gelu out; backward adds d(gelu), d(fc1)
+            pieces.append(Piece("mlp", a * n * (d + 2 * w), a * n * (d + 3 * w), 0.0))
+        else:  # SwiGLU: fc1 out (2w), silu(gate), product; backward adds their gradients
+            pieces.append(Piece("mlp", a * n * (rms * d + 4 * w), a * n * (rms * d + 6 * w), 0.0))
+    return pieces
+
+
+def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int = 1, precision: str = "fp32",
+                     checkpoint: bool | None = None, impl: str = "torch") -> tuple[float, float]:
+    """(activations, workspace) bytes per rank for one forward + backward of ``batch`` windows of ``seq_len``.
+
+    ``checkpoint`` defaults to ``cfg.checkpoint_activations``; ``impl`` is the kernels' implementation
+    (``"torch"`` reference or ``"triton"``). The two numbers add up to the modelled peak.
+    """
+    if impl not in ("torch", "triton"):
+        raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
+    if seq_len < 1 or batch < 1 or sp < 1 or seq_len % sp:
+        raise ValueError(f"need seq_len >= 1 divisible by sp >= 1 and batch >= 1, got seq_len={seq_len} sp={sp} "
+                         f"batch={batch}")
+    checkpoint = cfg.checkpoint_activations if checkpoint is None else checkpoint
+    a = _act_bytes(precision)
+    r = 4 if cfg.residual_in_fp32 else a
+    n, d, layers = batch * seq_len // sp, cfg.d_model, cfg.n_layer
+    pieces = _pieces(cfg, seq_len=seq_len, sp=sp, batch=batch, a=a, impl=impl)
+    norm_in = a * n * d  # what a norm saves of its input: the residual itself, or its half-precision copy
+    cast = a * n * d if a != r else 0  # the half-precision copy a recomputed piece makes of its fp32 input
+    head = a * n * d * (2 if cfg.arch != "hyena" else 1) + n * cfg.padded_vocab_size * (a + 12)
+    moments = []  # (total, workspace) at each candidate peak
+    block = sum(norm_in + p.saved for p in pieces)
+    for i, p in enumerate(pieces):  # the backward of piece i of the last block
+        after = len(pieces) - 1 - i  # pieces of the last block already done (their inputs freed)
+        if checkpoint:
+            inputs = r * n * d * (layers * len(pieces) - after)
+            total = inputs + cast + p.backward + r * n * d  # + the residual gradient
+        else:
+            before = sum(norm_in + q.saved for q in pieces[:i])
+            total = (layers - 1) * block + before + norm_in + p.backward + r * n * d
+        moments.append((total, p.workspace))
+    stored = r * n * d * (layers * len(pieces) + 1) if checkpoint else layers * block + r * n * d
+    moments.append((stored + head, 0.0))  # start of the backward: the loss head's tensors on top of everything
+    total, ws = max(moments)
+    return total - ws, ws
+
+
+def num_parameters(cfg: ModelConfig) -> int:
+    """Trainable parameters of the model ``cfg`` builds (built on the meta device: no memory, exact count)."""
+    import torch
+
+    import models
+
+    with torch.device("meta"):
+        return models.build_model(cfg).num_parameters()
+
+
+def sp_degrees(cfg: ModelConfig, seq_lens: list[int], gpus: int, gpus_per_node: int) -> tuple[list[int], dict]:
+    """Sequence-parallel degrees (powers of two) the model, the window lengths and the node shape allow, and
+    ``{sp: reason}`` for the powers of two up to ``gpus_per_node`` that are excluded."""
+    allowed, excluded = [], {}
+    sp = 1
+    while sp <= gpus_per_node:
+        why = None
+        if gpus % sp or gpus_per_node % sp:
+            why = f"does not divide {gpus} GPUs in nodes of {gpus_per_node} (an SP group stays in one node)"
+        elif cfg.arch == "hyena" and cfg.d_model % sp:
+            why = f"does not divide d_model={cfg.d_model} (Hyena shards the long conv by channels)"
+        elif cfg.arch == "transformer" and cfg.transformer.n_head % sp:
+            why = f"does not divide n_head={cfg.transformer.n_head} (Ulysses shards heads)"
+        else:
+            bad = [L for L in seq_lens if L % sp]
+            if bad:
+                why = f"does not divide window length {bad[0]} (each rank keeps an equal slice)"
+        if why:
+            excluded[sp] = why
+        else:
+            allowed.append(sp)
+        sp *= 2
+    return allowed, excluded
+
+
+def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb: float,
+         precision: str, impl: str = "triton", reserve_gb: float = 2.0, num_params: int | None = None) -> dict:
+    """Every (sp, ZeRO stage, checkpointing) setting with its per-rank bytes, and the recommended one.
+
+    ``stages``: ``(seq_len, micro_batch)`` of every window length of the run (the peak over them counts), or a
+    function of the SP degree returning them (the micro-batch depends on dp = gpus / sp).
+    Returns ``{"settings": [Setting...], "excluded_sp": {sp: reason}, "recommended": Setting | None}``.
+    """
+    if gpus < 1 or gpus_per_node < 1 or gpus % gpus_per_node and gpus > gpus_per_node:
+        raise ValueError(f"--gpus ({gpus}) must be a positive multiple of --gpus-per-node ({gpus_per_node}) "
+                         f"(or fewer GPUs than one node has)")
+    if gpu_mem_gb <= 0 or reserve_gb < 0:
+        raise ValueError(f"--gpu-mem-gb must be > 0 and --reserve-gb >= 0, got {gpu_mem_gb} and {reserve_gb}")
+    stages_of = stages if callable(stages) else (lambda sp: stages)
+    if not stages_of(1):
+        raise ValueError("plan needs at least one (seq_len, micro_batch) stage")
+    P = num_parameters(cfg) if num_params is None else num_params
+    allowed, excluded = sp_degrees(cfg, [L for L, _ in stages_of(1)], gpus, min(gpus_per_node, gpus))
+    settings = []
+    for sp in allowed:
+        for ckpt in (False, True):
+            act, ws = max(activation_bytes(cfg, seq_len=L, sp=sp, batch=b, precision=precision, checkpoint=ckpt,
+                                           impl=impl) for L, b in stages_of(sp))
+            for zero in ZERO_STAGES:
+                p, g, o = state_bytes(P, precision=precision, zero_stage=zero, world=gpus)
+                total = p + g + o + act + ws
+                settings.append(Setting(sp, gpus // sp, zero, ckpt, p, g, o, act, ws, total,
+                                        total + reserve_gb * GB <= gpu_mem_gb * GB))
+    return {"settings": settings, "excluded_sp": excluded, "recommended": recommend(settings),
+            "num_params": P}
+
+
+def recommend(settings: list[Setting]) -> Setting | None:
+    """The smallest SP degree at which something fits; there, no checkpointing if possible; then ZeRO 1, 2, 0, 3."""
+    fitting = [s for s in settings if s.fits]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda s: (s.sp, s.checkpoint, ZERO_PREFERENCE.index(s.zero_stage)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _load(config: str, overrides: list[str]):
+    """The training config through the app's own schema (so the plan is of exactly what the app would run).
+    Imported here: ``pretrain`` builds on ``parallel``, not the other way round."""
+    from pretrain.args import resolve
+
+    return resolve(config, overrides)
+
+
+def _stages(cfg, seq_len: int | None, dp_of) -> callable:
+    from pretrain.schedule import batch_split
+
+    lens = [seq_len] if seq_len else cfg.train.seq_lens()
+
+    def stages(sp: int) -> list[tuple[int, int]]:
+        out = []
+        for L in lens:
+            if cfg.train.tokens_per_step % L:
+                raise ValueError(f"train.tokens_per_step={cfg.train.tokens_per_step} is not a multiple of {L}")
+            dp = dp_of(sp)
+            per_rank_ok = (cfg.train.tokens_per_step // L) % dp == 0
+            b = batch_split(tokens_per_step=cfg.train.tokens_per_step, seq_len=L, dp=dp,
+                            micro_batch_tokens=cfg.train.micro_batch_tokens)[0] if per_rank_ok else 1
+            out.append((L, b))
+        return out
+
+    return stages
+
+
+def _table(result: dict, gpu_mem_gb: float) -> str:
+    rows = ["  sp  dp zero ckpt | params  grads    optim  activ  wkspc |  total GB  fits"]
+    for s in result["settings"]:
+        gb = [x / GB for x in (s.params, s.grads, s.optimizer, s.activations, s.workspace, s.total)]
+        rows.append(f"{s.sp:4d} {s.dp:3d} {s.zero_stage:4d} {'on' if s.checkpoint else 'off':>4} | "
+                    f"{gb[0]:6.2f} {gb[1]:6.2f} {gb[2]:8.2f} {gb[3]:6.1f} {gb[4]:6.2f} | {gb[5]:9.1f}  "
+                    f"{'yes' if s.fits else 'no'}")
+    for sp, why in result["excluded_sp"].items():
+        rows.append(f"  sp={sp} excluded: {why}")
+    rec = result["recommended"]
+    if rec is None:
+        rows.append(f"nothing fits in {gpu_mem_gb:g} GB: use more GPUs per node (a larger SP degree), a shorter "
+                    f"train.seq_len, or GPUs with more memory")
+    else:
+        rows.append(f"recommended: parallel.sequence={rec.sp} parallel.zero_stage={rec.zero_stage} "
+                    f"model.checkpoint_activations={str(rec.checkpoint).lower()}  "
+                    f"({rec.total / GB:.1f} GB per rank of {gpu_mem_gb:g})")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m parallel.plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="training YAML (configs/*.yaml)")
+    parser.add_argument("--gpus", type=int, required=True, help="total GPUs (ranks) of the job")
+    parser.add_argument("--gpu-mem-gb", type=float, required=True, help="memory of one GPU, GB (1e9 bytes)")
+    parser.add_argument("--gpus-per-node", type=int, default=None, help="default: --gpus (one node)")
+    parser.add_argument("--seq-len", type=int, default=None, help="plan this window length only (default: every "
+                        "length of the config, warm-up stages included)")
+    parser.add_argument("--kernels", choices=("torch", "triton"), default="triton",
+                        help="kernel implementation whose workspace counts (default triton, as on GPUs)")
+    parser.add_argument("--reserve-gb", type=float, default=2.0, help="margin for what is not modelled")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--pick", action="store_true", help="print only the recommended SP degree")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as pretrain/main.py")
+    args = parser.parse_args(argv)
+    try:
+        cfg = _load(args.config, args.overrides)
+        per_node = args.gpus_per_node or args.gpus
+        if args.seq_len is not None and not 1 <= args.seq_len <= cfg.model.l_max:
+            raise ValueError(f"--seq-len {args.seq_len} is outside [1, model.l_max={cfg.model.l_max}]")
+        stages_of = _stages(cfg, args.seq_len, lambda sp: max(1, args.gpus // sp))
+        lens = [L for L, _ in stages_of(1)]
+        result = plan(cfg.model, stages=stages_of, gpus=args.gpus, gpus_per_node=per_node,
+                      gpu_mem_gb=args.gpu_mem_gb, precision=cfg.train.precision, impl=args.kernels,
+                      reserve_gb=args.reserve_gb)
+    except ValueError as err:
+        parser.error(str(err))
+    rec = result["recommended"]
+    if args.pick:
+        if rec is None:
+            print(f"parallel.plan: nothing fits in {args.gpu_mem_gb:g} GB per GPU for {args.config}", file=sys.stderr)
+            return 1
+        print(rec.sp)
+        return 0
+    if args.json:
+        out = {"config": args.config, "gpus": args.gpus, "gpus_per_node": per_node, "gpu_mem_gb": args.gpu_mem_gb,
+               "reserve_gb": args.reserve_gb, "precision": cfg.train.precision, "kernels": args.kernels,
+               "seq_lens": lens, "num_params": result["num_params"],
+               "settings": [asdict(s) for s in result["settings"]],
+               "excluded_sp": {str(k): v for k, v in result["excluded_sp"].items()},
+               "recommended": asdict(rec) if rec else None}
+        print(json.dumps(out, indent=1))
+        return 0
+    m = cfg.model
+    print(f"{args.config}: {m.arch} d_model {m.d_model} x {m.n_layer} layers, {result['num_params']:,} parameters, "
+          f"{cfg.train.precision}, windows up to {max(lens):,} tokens; {args.gpus} GPUs "
+          f"({per_node} per node) of {args.gpu_mem_gb:g} GB, {args.reserve_gb:g} GB reserved; kernels {args.kernels}")
+    print(_table(result, args.gpu_mem_gb))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
