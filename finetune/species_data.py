@@ -149,8 +149,8 @@ class SpeciesStream:
             self.batches_per_rank = math.ceil(self.windows_per_epoch / (micro_batch * dp_size))
         self._ids = byte_to_id_table(np.int64)
         self._complement = complement_byte_table()
-        self._acgt = np.zeros(256, dtype=np.int64)
-        self._acgt[np.frombuffer(b"ACGTacgt", dtype=np.uint8)] = 1
+        self._acgt = np.zeros(256, dtype=bool)
+        self._acgt[np.frombuffer(b"ACGTacgt", dtype=np.uint8)] = True
         self._epoch = self._batch = 0
         self._redraws = self._windows_drawn = 0
 
@@ -194,7 +194,7 @@ class SpeciesStream:
             start = pos - int(starts[seg])
             rc = bool(rng.random() < self.rc_prob)
             data = sp.read(sp.segments[seg], start, start + self.seq_len)
-            acgt = int(self._acgt[np.frombuffer(data, dtype=np.uint8)].sum())
+            acgt = int(np.count_nonzero(self._acgt[np.frombuffer(data, dtype=np.uint8)]))
             if self.seq_len - acgt <= self.max_n_frac * self.seq_len:
                 return k, seg, start, rc, data
             self._redraws += 1
