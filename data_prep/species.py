@@ -124,7 +124,8 @@ def _holdout_bed(entries, fraction: float) -> str:
     lines = []
     for e in entries:
         h = int(e.length * fraction)
-        cuts = [("train", 0, e.length - 2 * h), ("valid", e.length - 2 * h, e.length - h), ("test", e.length - h, e.length)]
+        n = e.length
+        cuts = [("train", 0, n - 2 * h), ("valid", n - 2 * h, n - h), ("test", n - h, n)]
         lines += [f"{e.name}\t{s}\t{t}\t{split}" for split, s, t in cuts if t > s]
     return "\n".join(lines) + "\n"
 

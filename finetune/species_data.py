@@ -261,7 +261,8 @@ class SpeciesStream:
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken; refuses a state of another task / seed / layout."""
         _check(state.get("format") == STATE_FORMAT and state.get("version") == STATE_VERSION,
-               f"not a SpeciesStream state of version {STATE_VERSION}: {state.get('format')!r} v{state.get('version')!r}")
+               f"not a SpeciesStream state of version {STATE_VERSION}: {state.get('format')!r} "
+               f"v{state.get('version')!r}")
         mine = self.state_dict()
         for key in ("task", "split", "seed", "dp_size", "seq_len", "micro_batch", "rc_prob", "max_n_frac",
                     "windows_per_epoch"):
