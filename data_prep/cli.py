@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep {shards,inspect,verify,download,demo-shards}`` (also ``longdna-data``).
+"""Command line: ``python -m data_prep {shards,species,inspect,verify,download,demo-shards}`` (also ``longdna-data``).
 
 Every user mistake ends as ``error: <what is wrong and what to do>`` on stderr with exit status 2; a failed
 ``verify`` lists its problems and exits with status 1.
