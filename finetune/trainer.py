@@ -40,12 +40,12 @@ class FinetuneTrainer:
 
     def __init__(self, cfg: FinetuneConfig):
         self.cfg = cfg
-        self.stop = StopRequest()
         self.config_yaml = cfg_io.dump_yaml(cfg)  # as given (epochs, not the derived step count)
         torch.manual_seed(cfg.run.seed)  # a random backbone and the head are drawn from the run's seed
         backbone = load_backbone(cfg)
         self.task = load_task(cfg) if cfg.data.format != "species" else None
         self.seq_len = check_tuning_length(cfg, self.task, backbone.config.l_max)
+        self.stop = StopRequest()  # after the checks: a refused run leaves the caller's signal handlers alone
         self.rank, self.world_size, self.device = init_distributed(cfg.parallel.backend)
         self.train_stream, self.class_names = self._train_stream()
         cfg.train.resolve_steps(len(self.task.splits["train"][0]) if self.task else 0, self.world_size)
