@@ -67,8 +67,11 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> LambdaL
                                          max_steps=t.schedule_steps(), schedule=t.lr_schedule))
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, stage: Stage, dp: int):
-    """The DeepSpeed engine for ``model`` with the geometry of ``stage`` on ``dp`` data-parallel ranks."""
+def build_engine(model: torch.nn.Module, cfg: Config, stage: Stage, dp: int, mpu=None):
+    """The DeepSpeed engine for ``model`` with the geometry of ``stage`` on ``dp`` data-parallel ranks.
+
+    ``mpu``: :class:`parallel.SequenceDataParallelMPU` with sequence parallelism (ZeRO then partitions over all
+    dp x sp ranks and gradients are summed over SP, averaged over DP); ``None`` otherwise."""
     import deepspeed
 
     optimizer = build_optimizer(model, cfg)
@@ -77,7 +80,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, stage: Stage, dp: int):
     if uses_guarded_optimizer(cfg):
         ds_config["gradient_clipping"] = 0.0  # GuardedAdamW clips (and records the norm DeepSpeed would drop)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
+                                           config=ds_config, dist_init_required=False, mpu=mpu)
     return engine
 
 

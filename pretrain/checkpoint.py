@@ -198,17 +198,26 @@ class CheckpointManager:
             log.warning("no intact checkpoint under %s; starting from scratch", self.root)
         return None
 
-    def load(self, engine, path: Path) -> tuple[dict, dict]:
+    def load(self, engine, path: Path, layout: dict | None = None) -> tuple[dict, dict]:
         """Load ``path`` into ``engine``; return ``(trainer_state, this rank's rank_state)``. Collective.
 
         The loader positions and ZeRO partitions belong to the process layout that wrote them, so resuming with
-        a different number of processes is refused.
+        a different number of processes, or (``layout``: ``{"dp", "sp"}``) another data x sequence-parallel split
+        of them, is refused.
         """
         trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
         if trainer_state["world_size"] != self.world_size:
             raise ValueError(
                 f"{path} was written by {trainer_state['world_size']} processes but this run has {self.world_size}: "
                 f"resume with the same number of processes (or export it and start a new run from the weights)"
+            )
+        saved = {"dp": trainer_state.get("dp"), "sp": trainer_state.get("sp", 1)}
+        if layout is not None and saved["dp"] is not None and saved != layout:
+            raise ValueError(
+                f"{path} was written with {saved['dp']} data-parallel x parallel.sequence={saved['sp']} ranks but "
+                f"this run has {layout['dp']} x parallel.sequence={layout['sp']}: the stream deals windows per "
+                f"data-parallel rank, so the run cannot continue exactly. Resume with parallel.sequence={saved['sp']}"
+                f", or start a new run from its weights with train.init_from={path} (step 0, new optimizer)"
             )
         load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
                                               load_optimizer_states=True, load_lr_scheduler_states=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.config import ModelConfig, from_dict
+from parallel.sequence import check_sequence_parallel
 
 PRECISIONS = ("fp32", "bf16")
 KERNEL_IMPLS = ("auto", "triton", "torch")
@@ -153,6 +154,7 @@ def validate(cfg: Config) -> None:
     _one_of(cfg.parallel.zero_stage, (0, 1, 2, 3), "parallel.zero_stage")
     _one_of(cfg.parallel.backend, BACKENDS, "parallel.backend")
     _require(cfg.parallel.sequence >= 1, f"parallel.sequence must be >= 1, got {cfg.parallel.sequence}")
+    check_sequence_parallel(cfg.model, cfg.parallel.sequence, cfg.train.seq_lens())  # d_model / heads / lengths
     _one_of(cfg.kernels.fftconv, KERNEL_IMPLS, "kernels.fftconv")
     _one_of(cfg.kernels.scan, KERNEL_IMPLS, "kernels.scan")
     for key in OWNED_DEEPSPEED_KEYS:

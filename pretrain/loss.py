@@ -17,10 +17,20 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mask-weighted mean cross-entropy of one micro-batch (0 when the mask is all zero)."""
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, sp_group=None) -> torch.Tensor:
+    """Mask-weighted mean cross-entropy of one micro-batch (0 when the mask is all zero).
+
+    With sequence parallelism (``sp_group``: the ranks holding slices of the same windows) the mean is over the
+    tokens of the whole group: this rank returns its slice's weighted sum divided by the group's total weight,
+    so the group's losses add up to the micro-batch mean and their gradients, summed over the group (DeepSpeed
+    sums over SP and averages over DP), are the single-process gradient.
+    """
     weight = loss_mask.to(torch.float32)
-    return (token_losses(logits, labels) * weight).sum() / weight.sum().clamp_min(1e-8)
+    total = weight.sum()
+    if sp_group is not None:
+        total = total.detach().clone()
+        torch.distributed.all_reduce(total, group=sp_group)
+    return (token_losses(logits, labels) * weight).sum() / total.clamp_min(1e-8)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.format import load_manifest
-from parallel import ParallelDims
+from parallel import ParallelDims, SequenceDataParallelMPU, apply_sequence_parallel
 from pretrain import args as cfg_io
 from pretrain.build import build_engine, set_stage_geometry
 from pretrain.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -37,13 +37,6 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.stop = StopRequest()  # first: a signal during set-up still ends in a clean save
-        if cfg.parallel.sequence > 1:  # refused before any process group starts
-            raise ValueError(
-                f"parallel.sequence={cfg.parallel.sequence}: sequence parallelism is not implemented in the model "
-                f"stacks of this version, so a window cannot be sharded across ranks; use parallel.sequence=1 "
-                f"(every rank holds whole windows: data parallelism, with ZeRO and activation checkpointing for "
-                f"memory)"
-            )
         self.rank, self.world_size, self.device = init_distributed(cfg.parallel.backend)
         self.dims = ParallelDims.from_world(self.world_size, cfg.parallel.sequence).build()
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
@@ -54,10 +47,11 @@ class Trainer:
         check_data(cfg, load_manifest(Path(cfg.data.path)).chunk_len)
         self.train_stream = make_stream(cfg, self.dims, split=cfg.data.train_split, train=True)
         self.stages = build_plan(cfg, self.dims)
-        self.model = _build_model(cfg)
+        self.model = apply_sequence_parallel(_build_model(cfg), self.dims)  # a no-op without SP
         # Before the engine wraps (and with ZeRO-3 partitions) the parameters; a resume below overwrites them.
         init_from = load_init_weights(self.model, cfg.train.init_from) if cfg.train.init_from else None
-        self.engine = build_engine(self.model, cfg, self.stages[0], self.dims.dp)
+        mpu = SequenceDataParallelMPU(self.dims) if self.dims.sp_enabled else None  # ZeRO over dp x sp ranks
+        self.engine = build_engine(self.model, cfg, self.stages[0], self.dims.dp, mpu=mpu)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.train.keep_checkpoints,
                                       rank=self.rank, world_size=self.world_size, barrier=dist.barrier)
         self.step, self.tokens, self.nonfinite_run = 0, 0, 0
@@ -134,7 +128,8 @@ class Trainer:
         for _ in range(self.stage.grad_accum):
             batch = next(self.train_iter)
             logits = self.engine(batch["input_ids"].to(self.device))
-            loss = lm_loss(logits, batch["labels"].to(self.device), batch["loss_mask"].to(self.device))
+            loss = lm_loss(logits, batch["labels"].to(self.device), batch["loss_mask"].to(self.device),
+                           self.dims.sp_group if self.dims.sp_enabled else None)  # SP: this slice's share
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
@@ -150,7 +145,7 @@ class Trainer:
             raise RuntimeError("a non-finite loss reached an applied optimizer step; the weights are not trustworthy")
         self.step += 1
         self.tokens += self.cfg.train.tokens_per_step
-        count = len(losses) * self.world_size
+        count = len(losses) * self.dims.dp  # the slices of one SP group add up to one micro-batch's loss
         grad_norm = self.engine.get_global_grad_norm()
         return {"loss": agreed[0].item() / count if not nonfinite else math.nan, "nonfinite": nonfinite, "lr": lr,
                 "stop": agreed[2].item() > 0, "interrupted": agreed[3].item() > 0,
@@ -228,7 +223,8 @@ class Trainer:
         dist.broadcast_object_list(choice, src=0)
         if choice[0] is None:
             return False
-        trainer, rank = self.ckpt.load(self.engine, Path(choice[0]))
+        layout = {"dp": self.dims.dp, "sp": self.dims.sp}
+        trainer, rank = self.ckpt.load(self.engine, Path(choice[0]), layout=layout)
         self.step, self.tokens = trainer["step"], trainer["tokens"]
         self.nonfinite_run = trainer["nonfinite_run"]
         # Restore the stream exactly as saved (its stage included); the caller then moves to the stage of

@@ -91,9 +91,16 @@ def test_deepspeed_config_is_generated_then_merged():
     assert merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
 
-def test_sequence_parallelism_is_refused_before_any_process_starts(capsys):
+@pytest.mark.parametrize("overrides, message", [
+    (["model.d_model=100", "parallel.sequence=8"], "model.d_model=100 is not divisible by parallel.sequence=8"),
+    (["model.arch=transformer", "model.transformer.n_head=6", "model.d_model=96", "parallel.sequence=4"],
+     "model.transformer.n_head=6 is not divisible by parallel.sequence=4"),
+    (["model.arch=mamba", "parallel.sequence=512", "train.tokens_per_step=1048576"],
+     "leaves 2 positions per rank, fewer than the 3 that the mamba causal convolution needs"),
+])
+def test_sequence_parallel_errors_come_before_any_process_starts(overrides, message, capsys):
     from pretrain.main import main
 
-    assert main(["data.path=shards", "parallel.sequence=2", "train.seq_len=512", "model.l_max=512"]) == 2
-    err = capsys.readouterr().err
-    assert "parallel.sequence=2: sequence parallelism is not implemented" in err and "use parallel.sequence=1" in err
+    with pytest.raises(SystemExit) as exit_:  # the command line is refused: no process group, no launch
+        main(BASE + overrides)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
