@@ -24,4 +24,12 @@ case "${MODEL:-hyena}" in
   *) echo "slurm/pretrain_1m.sh: MODEL must be hyena or mamba, got '${MODEL}'" >&2; exit 2 ;;
 esac
 cd "${SLURM_SUBMIT_DIR:-.}" || exit 2
-exec bash slurm/pretrain.sh "$CONFIG" "$@"
+# Sequence-parallel degree: the smallest the planner finds fitting this config on this allocation (each SP group
+# inside one node, data parallelism across nodes); GPU_MEM_GB is one GPU's memory (default 80). A
+# parallel.sequence=N argument still wins (later overrides win).
+NODES=${SLURM_JOB_NUM_NODES:-4}
+PER_NODE=${SLURM_NTASKS_PER_NODE:-8}
+SP=$("${PYTHON:-.venv/bin/python}" -m parallel.plan --config "$CONFIG" --gpus $((NODES * PER_NODE)) \
+  --gpus-per-node "$PER_NODE" --gpu-mem-gb "${GPU_MEM_GB:-80}" --pick "$@") || exit 2
+echo "slurm/pretrain_1m.sh: parallel.sequence=$SP (python -m parallel.plan, ${NODES} x ${PER_NODE} GPUs of ${GPU_MEM_GB:-80} GB)"
+exec bash slurm/pretrain.sh "$CONFIG" "parallel.sequence=$SP" "$@"
