@@ -237,16 +237,20 @@ def sp_degrees(cfg: ModelConfig, seq_lens: list[int], gpus: int, gpus_per_node: 
 
 
 def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb: float,
-         precision: str, impl: str = "triton", reserve_gb: float = 2.0, num_params: int | None = None) -> dict:
+         precision: str, impl: str = "triton", reserve_gb: float = 2.0, num_params: int | None = None,
+         zero_stages: tuple[int, ...] = ZERO_STAGES) -> dict:
     """Every (sp, ZeRO stage, checkpointing) setting with its per-rank bytes, and the recommended one.
 
     ``stages``: ``(seq_len, micro_batch)`` of every window length of the run (the peak over them counts), or a
-    function of the SP degree returning them (the micro-batch depends on dp = gpus / sp).
+    function of the SP degree returning them (the micro-batch depends on dp = gpus / sp). ``zero_stages``: the
+    ZeRO stages to consider.
     Returns ``{"settings": [Setting...], "excluded_sp": {sp: reason}, "recommended": Setting | None}``.
     """
     if gpus < 1 or gpus_per_node < 1 or gpus % gpus_per_node and gpus > gpus_per_node:
         raise ValueError(f"--gpus ({gpus}) must be a positive multiple of --gpus-per-node ({gpus_per_node}) "
                          f"(or fewer GPUs than one node has)")
+    if not zero_stages or any(z not in ZERO_STAGES for z in zero_stages):
+        raise ValueError(f"ZeRO stages must be among {ZERO_STAGES}, got {list(zero_stages)}")
     if gpu_mem_gb <= 0 or reserve_gb < 0:
         raise ValueError(f"--gpu-mem-gb must be > 0 and --reserve-gb >= 0, got {gpu_mem_gb} and {reserve_gb}")
     stages_of = stages if callable(stages) else (lambda sp: stages)
@@ -259,7 +263,7 @@ def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb:
         for ckpt in (False, True):
             act, ws = max(activation_bytes(cfg, seq_len=L, sp=sp, batch=b, precision=precision, checkpoint=ckpt,
                                            impl=impl) for L, b in stages_of(sp))
-            for zero in ZERO_STAGES:
+            for zero in zero_stages:
                 p, g, o = state_bytes(P, precision=precision, zero_stage=zero, world=gpus)
                 total = p + g + o + act + ws
                 settings.append(Setting(sp, gpus // sp, zero, ckpt, p, g, o, act, ws, total,
@@ -339,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", choices=("torch", "triton"), default="triton",
                         help="kernel implementation whose workspace counts (default triton, as on GPUs)")
     parser.add_argument("--reserve-gb", type=float, default=2.0, help="margin for what is not modelled")
+    parser.add_argument("--zero-stage", type=int, action="append", choices=ZERO_STAGES,
+                        help="repeatable: consider only these ZeRO stages (default all)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--pick", action="store_true", help="print only the recommended SP degree")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as pretrain/main.py")
@@ -352,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         lens = [L for L, _ in stages_of(1)]
         result = plan(cfg.model, stages=stages_of, gpus=args.gpus, gpus_per_node=per_node,
                       gpu_mem_gb=args.gpu_mem_gb, precision=cfg.train.precision, impl=args.kernels,
-                      reserve_gb=args.reserve_gb)
+                      reserve_gb=args.reserve_gb, zero_stages=tuple(args.zero_stage or ZERO_STAGES))
     except ValueError as err:
         parser.error(str(err))
     rec = result["recommended"]

@@ -157,6 +157,8 @@ def test_cli_table_json_and_pick(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["num_params"] > 0 and out["seq_lens"][-1] == 1 << 20
     assert {s["sp"] for s in out["settings"]} == {1, 2, 4, 8}
+    assert main(args + ["--json", "--zero-stage", "2"]) == 0
+    assert {s["zero_stage"] for s in json.loads(capsys.readouterr().out)["settings"]} == {2}
     assert main(args + ["--pick"]) == 0
     assert int(capsys.readouterr().out) == out["recommended"]["sp"]
     assert main(args[:-1] + ["0.5", "--pick"]) == 1
