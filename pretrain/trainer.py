@@ -47,9 +47,10 @@ class Trainer:
         check_data(cfg, load_manifest(Path(cfg.data.path)).chunk_len)
         self.train_stream = make_stream(cfg, self.dims, split=cfg.data.train_split, train=True)
         self.stages = build_plan(cfg, self.dims)
-        self.model = apply_sequence_parallel(_build_model(cfg), self.dims)  # a no-op without SP
-        # Before the engine wraps (and with ZeRO-3 partitions) the parameters; a resume below overwrites them.
-        init_from = load_init_weights(self.model, cfg.train.init_from) if cfg.train.init_from else None
+        model = _build_model(cfg)
+        # Before SP wraps the mixers and the engine (with ZeRO-3 partitions) the parameters; a resume overwrites them.
+        init_from = load_init_weights(model, cfg.train.init_from) if cfg.train.init_from else None
+        self.model = apply_sequence_parallel(model, self.dims)  # a no-op without SP
         mpu = SequenceDataParallelMPU(self.dims) if self.dims.sp_enabled else None  # ZeRO over dp x sp ranks
         self.engine = build_engine(self.model, cfg, self.stages[0], self.dims.dp, mpu=mpu)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.train.keep_checkpoints,

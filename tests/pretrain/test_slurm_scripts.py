@@ -111,8 +111,6 @@ def test_sequence_parallel_job_across_two_nodes_logs_the_losses_of_one_process(s
                           *tiny_args(hg38_shards, runs, "sp2", **{"parallel.sequence": 2})],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = log.read_text() if log.is_file() else job.stderr
-    if job.returncode != 0 and "sequence parallelism is not implemented" in out:
-        pytest.xfail("pretrain/main.py refuses parallel.sequence > 1 in this version (sequence parallelism pending)")
     assert job.returncode == 0, out[-4000:]
     assert "on 2 node(s), 2 tasks" in out
     run_ranks(tiny_args(hg38_shards, runs, "sp1"), runs / "logs-sp1", nproc=1)
