@@ -15,7 +15,8 @@
 # SIGTERM (scancel, preemption) is forwarded the same way but does not requeue: a preempted job is requeued by
 # SLURM itself, a cancelled one stays cancelled.
 #
-# Environment: PYTHON (default .venv/bin/python), MASTER_PORT (default derived from the job id),
+# Environment: PYTHON (default .venv/bin/python), APP (default pretrain/main.py; slurm/finetune.sh sets
+# finetune/main.py), MASTER_PORT (default derived from the job id),
 # NCCL_* (set below only where unset).
 #SBATCH --job-name=longdna
 #SBATCH --nodes=1
@@ -37,7 +38,8 @@ fi
 CONFIG=$1
 shift
 cd "${SLURM_SUBMIT_DIR:-.}" || exit 2
-[ -f pretrain/main.py ] || { echo "slurm/pretrain.sh: submit from the repository root (no pretrain/main.py in $PWD)" >&2; exit 2; }
+APP=${APP:-pretrain/main.py}
+[ -f "$APP" ] || { echo "slurm/pretrain.sh: submit from the repository root (no $APP in $PWD)" >&2; exit 2; }
 PYTHON=${PYTHON:-.venv/bin/python}
 
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
@@ -64,7 +66,7 @@ forward() {  # $1 = signal name: pass it on to every task through srun
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
-srun --kill-on-bad-exit=1 "$PYTHON" pretrain/main.py --config "$CONFIG" "$@" &
+srun --kill-on-bad-exit=1 "$PYTHON" "$APP" --config "$CONFIG" "$@" &
 srun_pid=$!
 while :; do
   wait "$srun_pid"
