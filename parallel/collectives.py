@@ -51,8 +51,11 @@ class CommCounter:
 
     def total(self, tag: str | None = None, kind: str | None = None, direction: str | None = None) -> int:
         """Bytes sent, summed over the records that match every given key."""
+        def match(key, value):
+            return value is None or key == value
+
         return sum(n for (t, k, d), n in self.records.items()
-                   if (tag is None or t == tag) and (kind is None or k == kind) and (direction is None or d == direction))
+                   if match(t, tag) and match(k, kind) and match(d, direction))
 
     def per_tag(self, direction: str | None = None) -> dict[str, int]:
         """``{tag: bytes}`` (e.g. per layer), optionally for one direction."""

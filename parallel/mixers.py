@@ -80,7 +80,10 @@ def _channel_filter(filter_fn: nn.Module, L: int, lo: int, hi: int) -> torch.Ten
     z, t = filter_fn.pos_emb(L)
     mlp, mod = filter_fn.implicit_filter, filter_fn.modulation
     last = mlp[-1]
-    h = F.linear(mlp[:-1](z.to(dtype)), last.weight[lo:hi], None if last.bias is None else last.bias[lo:hi])
+    h = z.to(dtype)
+    for layer in list(mlp)[:-1]:  # the modules themselves (ZeRO-3 fetches their parameters in their hooks)
+        h = layer(h)
+    h = F.linear(h, last.weight[lo:hi], None if last.bias is None else last.bias[lo:hi])
     if mod.modulate:
         h = h * (torch.exp(-t.to(dtype) * mod.deltas[..., lo:hi].abs()) + mod.shift)
     return h[0].transpose(0, 1)

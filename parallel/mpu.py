@@ -2,8 +2,9 @@
 
 DeepSpeed reads its process groups from an ``mpu`` passed to ``deepspeed.initialize``. With this one:
 
-- ZeRO partitions parameters / gradients / optimizer state over the **sequence-data-parallel** group, all
-  ``dp * sp`` ranks, so the ranks of one SP group do not each hold a full optimizer state;
+- ZeRO (stages 1 and 2) partitions gradients and optimizer state over the **sequence-data-parallel** group, all
+  ``dp * sp`` ranks, so the ranks of one SP group do not each hold a full optimizer state (stage 3 is refused
+  with SP: DeepSpeed would partition its parameters over the data-parallel group only);
 - gradients are reduced over that same group and divided by ``dp`` (DeepSpeed divides by
   ``seq_dp_world_size / sp``): each rank's gradient is its share of the group's summed loss, so summing over the
   SP ranks and averaging over the DP ranks gives the single-process gradient of the mean loss;
@@ -49,7 +50,9 @@ class SequenceDataParallelMPU:
     def get_sequence_data_parallel_rank(self) -> int:
         return self.dims.rank
 
-    # data parallel replicas
+    # data parallel replicas (DeepSpeed's batch arithmetic counts these, not SP ranks). ZeRO-3 would partition
+    # its parameters over this group (zero.Init) but reduce over the sequence-data-parallel one, which does not
+    # give the single-process gradient: the training config refuses ZeRO-3 with SP (pretrain.config).
     def get_data_parallel_group(self):
         return self.dims.dp_group
 

@@ -155,6 +155,10 @@ def validate(cfg: Config) -> None:
     _one_of(cfg.parallel.backend, BACKENDS, "parallel.backend")
     _require(cfg.parallel.sequence >= 1, f"parallel.sequence must be >= 1, got {cfg.parallel.sequence}")
     check_sequence_parallel(cfg.model, cfg.parallel.sequence, cfg.train.seq_lens())  # d_model / heads / lengths
+    _require(cfg.parallel.sequence == 1 or cfg.parallel.zero_stage < 3,
+             f"parallel.zero_stage=3 with parallel.sequence={cfg.parallel.sequence} is not supported (DeepSpeed "
+             f"partitions ZeRO-3 parameters over data-parallel ranks only): use parallel.zero_stage=1 or 2, which "
+             f"partition the optimizer state over all data x sequence-parallel ranks")
     _one_of(cfg.kernels.fftconv, KERNEL_IMPLS, "kernels.fftconv")
     _one_of(cfg.kernels.scan, KERNEL_IMPLS, "kernels.scan")
     for key in OWNED_DEEPSPEED_KEYS:

@@ -101,8 +101,8 @@ def compare_to_single_process(dims, arch: str, dtype, windows: torch.Tensor, **o
     ref_logits = ref(ids)
     losses, weight = group_losses(ref_logits, labels)
     b = ids.shape[0] // dims.dp
-    ref_loss = torch.stack([(losses[d * b:(d + 1) * b] * weight[d * b:(d + 1) * b]).sum() / weight[d * b:(d + 1) * b].sum()
-                            for d in range(dims.dp)]).mean()
+    groups = [slice(d * b, (d + 1) * b) for d in range(dims.dp)]
+    ref_loss = torch.stack([(losses[g] * weight[g]).sum() / weight[g].sum() for g in groups]).mean()
     ref_loss.backward()
 
     apply_sequence_parallel(model, dims)

@@ -27,8 +27,8 @@ def windows(hg38_subset):
 def _equivalence(dims, windows, extra=()):
     rows = 2 * dims.dp
     cases = [(arch, dtype, {}) for arch in ARCHS for dtype in DTYPES] + list(extra)
-    return {(arch, str(dtype), tuple(sorted(over))): compare_to_single_process(dims, arch, dtype, windows[64][:rows], **over)
-            for arch, dtype, over in cases}
+    return {(arch, str(dtype), tuple(sorted(over))):
+            compare_to_single_process(dims, arch, dtype, windows[64][:rows], **over) for arch, dtype, over in cases}
 
 
 def _assert_equivalent(results):
@@ -73,7 +73,8 @@ def _mamba_bytes(dims, windows):
 
 def _collectives(dims):
     """seq_to_channel / channel_to_seq / halo_exchange / all_gather_stack against whole-tensor definitions."""
-    from parallel import all_gather_stack, channel_to_seq, gather_sequence, halo_exchange, seq_to_channel, shard_sequence
+    from parallel import (all_gather_stack, channel_to_seq, gather_sequence, halo_exchange, seq_to_channel,
+                          shard_sequence)
 
     P, r = dims.sp, dims.sp_rank
     g = torch.Generator().manual_seed(3)
@@ -168,7 +169,7 @@ def test_sp2_equals_one_process(windows, tmp_path):
     # rank 0, per Mamba layer (B=2, Di=32, N=4, fp32): halo of d_conv-1=3 positions to rank 1, all-gather of
     # (decay product, final state) to 1 peer; backward: the all-gather's reduce-scatter, no halo (rank 0 has no
     # rank before it to send a halo gradient to)
-    per_layer = {"layers.0.mixer": 3 * 2 * 32 * 4 + 2 * 2 * 32 * 4 * 4, "layers.1.mixer": 3 * 2 * 32 * 4 + 2 * 2 * 32 * 4 * 4}
+    per_layer = {f"layers.{i}.mixer": 3 * 2 * 32 * 4 + 2 * 2 * 32 * 4 * 4 for i in (0, 1)}
     assert sent["mamba", 64]["forward"] == per_layer
     assert sent["mamba", 64]["backward"] == {k: 2 * 2 * 32 * 4 * 4 for k in per_layer}
 

@@ -95,6 +95,7 @@ def test_deepspeed_config_is_generated_then_merged():
     (["model.d_model=100", "parallel.sequence=8"], "model.d_model=100 is not divisible by parallel.sequence=8"),
     (["model.arch=transformer", "model.transformer.n_head=6", "model.d_model=96", "parallel.sequence=4"],
      "model.transformer.n_head=6 is not divisible by parallel.sequence=4"),
+    (["parallel.sequence=2", "parallel.zero_stage=3"], "parallel.zero_stage=3 with parallel.sequence=2 is not supported"),
     (["model.arch=mamba", "parallel.sequence=512", "train.tokens_per_step=1048576"],
      "leaves 2 positions per rank, fewer than the 3 that the mamba causal convolution needs"),
 ])
