@@ -3,10 +3,11 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]  # not from conftest: see tests/test_sample_data.py
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
 """``data/sample`` is what its README says: every file listed in SHA256SUMS, with that checksum, and nothing else."""
 
 import hashlib
+from pathlib import Path
 
-from conftest import SAMPLE
+# Not `from conftest import ...`: with several conftest.py files in the tree, the module named `conftest` is
+# whichever was imported last (e.g. tests/pretrain/conftest.py in a whole-suite run).
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 def test_every_sample_file_matches_its_checksum():
