@@ -79,3 +79,30 @@ def test_soft_prompts_change_only_prompts_and_head(tmp_path, gb_files):
     assert before.keys() == after.keys()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed == {"prompt", "head.weight", "head.bias"}
+
+
+@pytest.mark.slow
+def test_species_task_runs_through_the_app(tmp_path, sample_data):
+    """``data.format=species``: the three great-ape mitochondrial genomes, windows of 256 bases, mean pooling;
+    the final test pass scores the same fixed windows for every class."""
+    import subprocess
+    import sys
+
+    mito = sample_data / "species" / "mito"
+    task = tmp_path / "apes"
+    prep = subprocess.run([sys.executable, "-m", "data_prep", "species", "--out", str(task), "--quiet",
+                           "--holdout-fraction", "0.1",
+                           "--genome", f"human={mito / 'human_Homo_sapiens_NC_012920.1.fa.gz'}",
+                           "--genome", f"chimpanzee={mito / 'chimp_Pan_troglodytes_NC_001643.1.fa.gz'}",
+                           "--genome", f"orangutan={mito / 'orangutan_Pongo_abelii_NC_002083.1.fa.gz'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr
+    args = [f"run.out_dir={tmp_path}", "run.name=apes", "data.format=species", f"data.task_dir={task}",
+            "data.seq_len=256", "model.d_model=16", "model.n_layer=1", "model.l_max=256", "train.micro_batch=8",
+            "train.max_steps=3", "train.eval_batches=3", "train.log_every=1"]
+    proc = run_finetune(args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((tmp_path / "apes" / "results.json").read_text())
+    assert results["class_names"] == ["human", "chimpanzee", "orangutan"]
+    assert results["test"]["examples"] == 24 and results["valid"]["examples"] == 24
+    assert set(results["test"]) >= {"f1_human", "f1_chimpanzee", "f1_orangutan", "mcc"}
