@@ -110,7 +110,7 @@ def finetune(work: Path, task: str, task_dir: Path, length: int, backbone: str, 
     if args.report_only:
         return {"skipped": "not run (--report-only)"}
     micro_batch = max(1, args.tokens_per_step // length)
-    source = ([f"backbone.source=pretrained", f"backbone.path={export}"] if backbone == "pretrained" else
+    source = (["backbone.source=pretrained", f"backbone.path={export}"] if backbone == "pretrained" else
               ["backbone.source=random", f"model.l_max={max(args.lengths)}", f"model.d_model={args.d_model}",
                f"model.n_layer={args.n_layer}"])
     overrides = ["data.format=species", f"data.task_dir={task_dir}", f"data.seq_len={length}", "data.rc_prob=0.5",

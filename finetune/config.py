@@ -193,11 +193,11 @@ def validate(cfg: FinetuneConfig) -> None:
         _require(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
     for key in ("eval_every", "ckpt_every"):
         _require(getattr(t, key) >= 0, f"train.{key} must be >= 0 (0 = only at the end), got {getattr(t, key)}")
-    _require(t.eval_batches is None or t.eval_batches >= 1, f"train.eval_batches must be >= 1 or null (all)")
+    _require(t.eval_batches is None or t.eval_batches >= 1, "train.eval_batches must be >= 1 or null (all)")
     _require(t.lr > 0 and 0 <= t.min_lr <= t.lr, f"need train.lr > 0 and 0 <= train.min_lr <= train.lr, got "
              f"lr={t.lr} min_lr={t.min_lr}")
     _one_of(t.lr_schedule, ("cosine", "constant"), "train.lr_schedule")
-    _require(len(t.betas) == 2 and all(0.0 <= x < 1.0 for x in t.betas), f"train.betas: two numbers in [0, 1)")
+    _require(len(t.betas) == 2 and all(0.0 <= x < 1.0 for x in t.betas), "train.betas: two numbers in [0, 1)")
     _require(t.weight_decay >= 0 and t.grad_clip >= 0 and t.eps > 0, "train.weight_decay and train.grad_clip must be "
              ">= 0 and train.eps > 0")
     _one_of(t.precision, PRECISIONS, "train.precision")
@@ -216,7 +216,7 @@ def _validate_data(d: FinetuneDataConfig) -> None:
     _require(0.0 <= d.rc_prob <= 1.0, f"data.rc_prob must lie in [0, 1], got {d.rc_prob}")
     _require(0.0 <= d.valid_fraction < 1.0, f"data.valid_fraction must lie in [0, 1), got {d.valid_fraction}")
     _require(d.seq_len >= 0, f"data.seq_len must be >= 0 (0 = the longest sequence), got {d.seq_len}")
-    _require(d.max_samples is None or d.max_samples >= 1, f"data.max_samples must be >= 1 or null")
+    _require(d.max_samples is None or d.max_samples >= 1, "data.max_samples must be >= 1 or null")
     if d.format == "tsv":
         _require(bool(d.train) and bool(d.test), "data.format=tsv needs data.train and data.test (seq<TAB>label "
                  "files); data.valid is optional")

@@ -186,8 +186,8 @@ def check_tuning_length(cfg: FinetuneConfig, task: TaskData | None, l_max: int) 
                          f"data.seq_len (or leave it 0 for the longest sequence)")
     total = seq_len + cfg.tuning.num_prompts
     if total > l_max:
-        raise ValueError(f"sequences of {seq_len} tokens{' + ' + str(cfg.tuning.num_prompts) + ' soft prompts' if cfg.tuning.num_prompts else ''} "
-                         f"= {total} exceed the backbone's l_max={l_max}: use a backbone built with a larger "
+        prompts = f" + {cfg.tuning.num_prompts} soft prompts" if cfg.tuning.num_prompts else ""
+        raise ValueError(f"sequences of {seq_len} tokens{prompts} = {total} exceed the backbone's l_max={l_max}: use a backbone built with a larger "
                          f"model.l_max or shorter sequences")
     return seq_len
 

@@ -181,8 +181,8 @@ class FinetuneTrainer:
 
     def _stop_on_signal(self, interrupted: bool) -> int:
         self.save()
-        self.metrics.message(f"{'interrupted' if interrupted else 'received ' + (self.stop.signal_name or 'a stop signal on another rank')}"
-                             f": saved step {self.step} to {self.ckpt.root}; the same command resumes from there")
+        why = "interrupted" if interrupted else f"received {self.stop.signal_name or 'a stop signal on another rank'}"
+        self.metrics.message(f"{why}: saved step {self.step} to {self.ckpt.root}; the same command resumes from there")
         self.metrics.close()
         return EXIT_INTERRUPTED if interrupted else EXIT_OK
 
