@@ -188,7 +188,7 @@ def plot(summary: list[dict], png: Path) -> None:
         ax.set_xlabel("window length L (tokens, batch 1)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("one checkpointed training step on CPU, d_model 128, 2 layers, float32, 1 thread per rank")
+    fig.suptitle("one checkpointed training step on CPU, d_model 128, 2 layers, float32 (SP=2: 1 thread per rank)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
