@@ -13,7 +13,7 @@ Every estimate is a formula of the model's shapes (no fitted constant), in bytes
   kernels/*/ref.py and parallel/mixers.py; see :func:`_pieces`), at the moment of the backward where the most is
   alive: every checkpointed piece input still waiting (fp32 residual stream), the residual gradient, and the
   recomputed piece with its gradients. Without checkpointing, everything the forward saved.
-- **workspace**: the FFT buffers of one channel group (torch reference: 7 spectra of ``SPECTRUM_BUDGET``-bounded
+- **workspace**: the FFT buffers of one channel group (torch reference: 5 spectra of ``SPECTRUM_BUDGET``-bounded
   groups alive in the backward; Triton: the 4 work buffers of a ``WORK_BUDGET`` group) or the scan's per-chunk
   state tensors.
 
@@ -35,7 +35,7 @@ GB = 1e9
 ZERO_STAGES = (0, 1, 2, 3)
 ZERO_PREFERENCE = (1, 2, 0, 3)  # stage 1/2 cost no more traffic than plain data parallelism; 3 gathers weights
 SCAN_WS_TENSORS = 7  # (chunk, B, Di, N) tensors alive in a chunk's backward (decay, states, adjoint, ...)
-FFT_REF_BWD_SPECTRA = 7  # rfft pads + outputs, products, the irfft clone and output of one channel group
+FFT_REF_BWD_SPECTRA = 5  # rfft pad + output, spectra, product, irfft output of one channel group (profiled)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ class Piece:
     workspace: float
 
 
-def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl: str) -> list[Piece]:
+def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl: str,
+            checkpoint: bool) -> list[Piece]:
     """The pieces of one block with their byte counts on one rank of ``sp`` (slice of seq_len/sp positions)."""
     d, w = cfg.d_model, cfg.mlp_width
     n = batch * seq_len // sp  # positions on this rank
@@ -127,15 +128,20 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         h = cfg.hyena
         chans = d // sp  # the long conv runs on d/sp channels over the whole window
         k = a * chans * seq_len  # one (d/sp, L) filter-sized tensor (independent of the batch)
-        # implicit filter: per hidden Linear+Sin layer, its output, freq*x and sin(.) over L positions; the
-        # decay window and the filter itself (all kept while the recomputed piece runs)
-        filt = 3 * (1 + h.num_inner_mlps) * seq_len * h.filter_order * a + 2 * k
+        hidden = 3 * (1 + h.num_inner_mlps) * seq_len * h.filter_order * a  # per Linear+Sin: out, freq*x, sin
+        # the filter (and, unless the filter is checkpointed with the block, its MLP activations and decay window)
+        filt = k if checkpoint else hidden + 2 * k
         # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
         saved = a * n * d * 10 + filt
         ws = _fft_workspace(chans, batch, seq_len, impl)
         # fftconv backward: conv out and gated freed; d(x0), d(conv out), d(x1*v) and dk alive, plus its buffers
-        backward = a * n * d * (8 + 3) + filt + k + ws
-        pieces.append(Piece("hyena mixer", saved, backward, ws))
+        at_fft = a * n * d * (8 + 3) + filt + k + ws
+        # with checkpointing the filter's own checkpoint recomputes its MLP in the backward: norm out, in_proj,
+        # short conv, d(x0), d(x1*v), dk alive with the MLP activations, the window, d(filter), select's zeros,
+        # and two (L, order) gradients
+        at_filter = a * n * d * 9 + 4 * k + hidden + 2 * seq_len * h.filter_order * a if checkpoint else 0
+        backward = max(at_fft, at_filter)
+        pieces.append(Piece("hyena mixer", saved, backward, ws if at_fft >= at_filter else 0.0))
     elif cfg.arch == "mamba":
         m = cfg.mamba
         di, ns, r = m.expand * d, m.d_state, cfg.dt_rank
@@ -180,7 +186,7 @@ def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int 
     a = _act_bytes(precision)
     r = 4 if cfg.residual_in_fp32 else a
     n, d, layers = batch * seq_len // sp, cfg.d_model, cfg.n_layer
-    pieces = _pieces(cfg, seq_len=seq_len, sp=sp, batch=batch, a=a, impl=impl)
+    pieces = _pieces(cfg, seq_len=seq_len, sp=sp, batch=batch, a=a, impl=impl, checkpoint=checkpoint)
     norm_in = a * n * d  # what a norm saves of its input: the residual itself, or its half-precision copy
     cast = a * n * d if a != r else 0  # the half-precision copy a recomputed piece makes of its fp32 input
     head = a * n * d * (2 if cfg.arch != "hyena" else 1) + n * cfg.padded_vocab_size * (a + 12)
