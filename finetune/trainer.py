@@ -78,6 +78,8 @@ class FinetuneTrainer:
 
             stream = SpeciesStream(d.task_dir, "train", self.seq_len, cfg.train.micro_batch, seed=cfg.run.seed,
                                    dp_rank=self.rank, dp_size=self.world_size, rc_prob=d.rc_prob)
+            for split in ("valid", "test"):  # refuse a length the held-out splits cannot hold before training
+                self._eval_batches(split)
             return stream, list(stream.class_names)
         ids, labels = self.task.splits["train"]
         stream = ClassificationStream(ids, labels, seq_len=self.seq_len, micro_batch=cfg.train.micro_batch,
