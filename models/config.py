@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, TypeVar, Union
 
 ARCHS = ("hyena", "mamba", "transformer")
+# Floats kept for the backward per token, per layer and per d_model unit by one block without checkpointing
+# (float32 CPU step, measured with bench/cpu_speed.py; mamba's scales with expand / 2). See ModelConfig.use_checkpoint.
+ACTIVATION_FLOATS = {"hyena": 24, "mamba": 24, "transformer": 16}
 
 
 @dataclass
@@ -69,6 +72,13 @@ class ModelConfig:
     (hyena: 4·d_model; transformer: the SwiGLU width 8/3·d_model rounded up to a multiple of 64; mamba: 0, no
     MLP, as in mamba_ssm's ``d_intermediate=0``). ``l_max`` is the longest input accepted (Hyena filters
     are defined on it). The vocabulary is padded to a multiple of ``pad_vocab_size_multiple`` (12 -> 16).
+
+    ``checkpoint``: activation checkpointing of every block (norm + mixer and norm + MLP recomputed in the
+    backward): ``true``, ``false``, or ``"auto"`` (default), decided at each forward from the input's shape:
+    on only when :meth:`activation_bytes` (what the blocks would keep for the backward) exceeds
+    ``checkpoint_budget_gb`` (1 GiB: d_model 128 × 2 layers in float32 turns it on past ~43k tokens per
+    window at batch 1), so short windows never pay for the recomputation. ``checkpoint_activations`` is the
+    former boolean key, still read (it wins when set; giving both with different values is an error).
     """
 
     arch: str = "hyena"
@@ -83,7 +93,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     residual_in_fp32: bool = True
-    checkpoint_activations: bool = False
+    checkpoint: Union[bool, Literal["auto"]] = "auto"
+    checkpoint_budget_gb: float = 1.0
+    checkpoint_activations: Optional[bool] = None  # the former name of `checkpoint` (read from older configs)
     hyena: HyenaConfig = field(default_factory=HyenaConfig)
     mamba: MambaConfig = field(default_factory=MambaConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -105,6 +117,28 @@ class ModelConfig:
         return 0
 
     @property
+    def checkpoint_mode(self) -> Union[bool, str]:
+        """``checkpoint`` resolved against its former name ``checkpoint_activations`` (which wins when set)."""
+        return self.checkpoint if self.checkpoint_activations is None else self.checkpoint_activations
+
+    def activation_bytes(self, batch: int, seq_len: int, itemsize: int = 4) -> int:
+        """Estimated bytes the blocks keep for the backward without checkpointing (``ACTIVATION_FLOATS`` per
+        token, layer and d_model, measured on CPU in float32; the residual stream itself is not counted)."""
+        per = ACTIVATION_FLOATS[self.arch] * self.d_model
+        if self.arch == "mamba":
+            per *= self.mamba.expand / 2
+        return int(per * self.n_layer * batch * seq_len * itemsize)
+
+    def use_checkpoint(self, batch: int, seq_len: int, itemsize: int = 4) -> bool:
+        """Whether the blocks are checkpointed for a (batch, seq_len) input: ``checkpoint`` true / false as
+        given; ``"auto"``: only when :meth:`activation_bytes` exceeds ``checkpoint_budget_gb`` (so short windows
+        never pay for the recomputation)."""
+        mode = self.checkpoint_mode
+        if mode != "auto":
+            return bool(mode)
+        return self.activation_bytes(batch, seq_len, itemsize) > self.checkpoint_budget_gb * 2**30
+
+    @property
     def dt_rank(self) -> int:
         """Mamba's resolved ``dt_rank``."""
         return self.mamba.dt_rank if self.mamba.dt_rank is not None else math.ceil(self.d_model / 16)
@@ -120,6 +154,11 @@ class ModelConfig:
             _check(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)", getattr(self, name))
         _check(self.norm_eps > 0, "norm_eps", "> 0", self.norm_eps)
         _check(self.initializer_range > 0, "initializer_range", "> 0", self.initializer_range)
+        _check(self.checkpoint_budget_gb > 0, "checkpoint_budget_gb", "> 0", self.checkpoint_budget_gb)
+        _check(self.checkpoint_activations is None or self.checkpoint == "auto"
+               or self.checkpoint == self.checkpoint_activations, "checkpoint_activations",
+               f"unset (it is the former name of checkpoint, which is {self.checkpoint!r})",
+               self.checkpoint_activations)
         {"hyena": self._validate_hyena, "mamba": self._validate_mamba,
          "transformer": self._validate_transformer}[self.arch]()
         return self

@@ -19,7 +19,6 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 import kernels
 from models.layers import causal_depthwise_conv
@@ -73,9 +72,8 @@ class ExponentialModulation(nn.Module):
 class HyenaFilter(nn.Module):
     """Implicit long filter h(t) (an MLP of positional features, times a decay window) and the bias ``D``."""
 
-    def __init__(self, d_model: int, l_max: int, cfg, checkpoint: bool = False):
+    def __init__(self, d_model: int, l_max: int, cfg):
         super().__init__()
-        self.checkpoint = checkpoint
         self.bias = nn.Parameter(torch.randn(d_model))  # D, the skip term of the long conv
         self.pos_emb = PositionalEmbedding(cfg.emb_dim, l_max)
         act = Sin(cfg.filter_order, w=cfg.w)  # one module, used after every hidden layer
@@ -86,31 +84,49 @@ class HyenaFilter(nn.Module):
         self.implicit_filter = nn.Sequential(*layers)
         self.modulation = ExponentialModulation(d_model, cfg.fast_decay_pct, cfg.slow_decay_pct, cfg.target,
                                                 cfg.shift, cfg.modulate)
+        self._window = None  # cached decay window (d, L): it depends on buffers only
 
     def filter(self, L: int) -> torch.Tensor:
-        """The long filter for the first L positions, (d, L). With ``checkpoint``, the filter MLP's (L, order)
-        activations are recomputed in the backward instead of kept (a few percent of the layer's FLOPs)."""
-        if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._filter, L, use_reentrant=False)
-        return self._filter(L)
+        """The long filter for the first L positions, (d, L), contiguous.
 
-    def _filter(self, L: int) -> torch.Tensor:
-        z, t = self.pos_emb(L)
-        h = self.implicit_filter(z.to(self.bias.dtype))
-        return self.modulation(t.to(self.bias.dtype), h)[0].transpose(0, 1)
+        Computed channels-first: the last Linear as ``W @ a^T`` (so the FFT reads contiguous rows, no transpose)
+        and the decay window, which depends on the buffers only, cached per (L, dtype, device). Same values as
+        ``modulation(t, implicit_filter(z))[0].T``.
+        """
+        z, _ = self.pos_emb(L)
+        dtype = self.bias.dtype
+        a = self.implicit_filter[:-1](z[0].to(dtype))  # (L, order)
+        k = torch.mm(self.implicit_filter[-1].weight, a.t())  # (d, L)
+        window = self._decay_window(L, dtype, k.device)
+        return k if window is None else k * window
+
+    def _decay_window(self, L: int, dtype: torch.dtype, device) -> torch.Tensor | None:
+        mod = self.modulation
+        if not mod.modulate:
+            return None
+        w = self._window
+        if w is None or w.shape[1] < L or w.dtype != dtype or w.device != device:
+            t = self.pos_emb.t[0, :, 0].to(dtype)  # the whole l_max grid, once
+            w = torch.exp(-t[None, :] * mod.deltas[0, 0].to(dtype).abs()[:, None]) + mod.shift
+            self._window = w
+        return w[:, :L]
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .double() / .cuda(): drop the cached window
+        self._window = None
+        return super()._apply(fn, *args, **kwargs)
 
 
 class HyenaOperator(nn.Module):
     """Hyena mixer of order 2 (see the module docstring). ``forward(x (B, L, d)) -> (B, L, d)``."""
 
-    def __init__(self, d_model: int, l_max: int, cfg, checkpoint_filter: bool = False):
+    def __init__(self, d_model: int, l_max: int, cfg):
         super().__init__()
         self.d_model, self.l_max = d_model, l_max
         self.out_proj = nn.Linear(d_model, d_model)  # created first, as in the reference (state-dict order)
         self.in_proj = nn.Linear(d_model, 3 * d_model)
         k = cfg.short_filter_order
         self.short_filter = nn.Conv1d(3 * d_model, 3 * d_model, kernel_size=k, groups=3 * d_model, padding=k - 1)
-        self.filter_fn = HyenaFilter(d_model, l_max, cfg, checkpoint=checkpoint_filter)
+        self.filter_fn = HyenaFilter(d_model, l_max, cfg)
         # The reference keeps the filter MLP (Sin frequency included) free of weight decay (layer.wd = 0.0);
         # biases (D included) and norms are excluded by its optimizer hooks.
         for p in self.filter_fn.implicit_filter.parameters():

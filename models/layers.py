@@ -99,23 +99,26 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return _CausalDepthwiseConv.apply(x, weight, bias, silu)
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    w = weight[:, 0].to(x.dtype)  # (C, k); tap j looks back k-1-j steps
-    k, L = w.shape[1], x.shape[1]
-    y = x * w[:, k - 1]
+def _taps(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(C, 1, k) weight -> (k, C) contiguous rows: a broadcast of a strided column is several times slower."""
+    return weight[:, 0].t().to(dtype).contiguous()
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The convolution with taps ``w`` (k, C) (tap j looks back k-1-j steps), in x's dtype."""
+    k, L = w.shape[0], x.shape[1]
+    y = torch.addcmul(bias.to(x.dtype), x, w[k - 1]) if bias is not None else x * w[k - 1]
     for j in range(k - 1):
         s = k - 1 - j
         if s < L:
-            y[:, s:].addcmul_(x[:, : L - s], w[:, j])
-    if bias is not None:
-        y += bias.to(x.dtype)
+            y[:, s:].addcmul_(x[:, : L - s], w[j])
     return y
 
 
 class _CausalDepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu):
-        y = _conv(x, weight, bias)
+        y = _conv(x, _taps(weight, x.dtype), bias)
         ctx.save_for_backward(x, weight, bias)
         ctx.silu = silu
         return F.silu(y, inplace=True) if silu else y
@@ -124,19 +127,70 @@ class _CausalDepthwiseConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
+        w = _taps(weight, x.dtype)
         if ctx.silu:  # d silu(p)/dp = s (1 + p (1 - s)), s = sigmoid(p), with p the recomputed pre-activation
-            p = _conv(x, weight, bias)
-            s = torch.sigmoid(p)
-            dy = dy * s * (1 + p * (1 - s))
-        w = weight[:, 0].to(x.dtype)
-        k, L = w.shape[1], x.shape[1]
-        dx = dy * w[:, k - 1]
-        dw = torch.zeros_like(w)
-        dw[:, k - 1] = torch.einsum("blc,blc->c", dy, x)
+            dy = torch.ops.aten.silu_backward(dy, _conv(x, w, bias))
+        k, L = w.shape[0], x.shape[1]
+        dx = dy * w[k - 1]
+        dw = torch.empty_like(w)
+        prod = torch.empty_like(x)  # per-tap products, summed over (batch, time) per channel
+        dw[k - 1] = torch.mul(dy, x, out=prod).sum(dim=(0, 1))
         for j in range(k - 1):
             s = k - 1 - j
             if s < L:
-                dx[:, : L - s].addcmul_(dy[:, s:], w[:, j])
-                dw[:, j] = torch.einsum("blc,blc->c", dy[:, s:], x[:, : L - s])
+                dx[:, : L - s].addcmul_(dy[:, s:], w[j])
+                dw[j] = torch.mul(dy[:, s:], x[:, : L - s], out=prod[:, : L - s]).sum(dim=(0, 1))
+            else:
+                dw[j] = 0
         dbias = dy.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dw.to(weight.dtype)[:, None], dbias, None
+        return dx, dw.t().to(weight.dtype)[:, None], dbias, None
+
+
+def recompute(fn, x: torch.Tensor, params) -> torch.Tensor:
+    """``fn(x)`` without keeping its activations: they are recomputed in the backward (activation
+    checkpointing). ``params`` are the tensors ``fn`` reads besides ``x`` that need gradients (a module's
+    parameters); their gradients flow back through the outer autograd graph like any other, so hooks and
+    gradient accumulation behave as without checkpointing.
+
+    A small ``autograd.Function`` rather than ``torch.utils.checkpoint``, whose first use costs ~150 MB of
+    resident memory (the machinery it imports), more than the activations of a short window. The RNG state
+    is replayed for the recomputation (dropout masks match) and autocast is re-entered as it was.
+    """
+    params = [p for p in params if p.requires_grad]
+    return _Recompute.apply(fn, x, len(params), *params)
+
+
+class _Recompute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, x, n_params, *params):
+        ctx.fn, ctx.params = fn, params
+        ctx.cpu_rng = torch.get_rng_state()
+        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        device_type = x.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        params = ctx.params
+        x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
+        device_type, enabled, dtype = ctx.autocast
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state(x.device) if ctx.cuda_rng is not None else None
+        try:
+            torch.set_rng_state(ctx.cpu_rng)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(ctx.cuda_rng, x.device)
+            with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                y = ctx.fn(x_in)
+        finally:
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state, x.device)
+        inputs = ([x_in] if x_in.requires_grad else []) + list(params)
+        grads = list(torch.autograd.grad(y, inputs, grad, allow_unused=True)) if inputs else []
+        dx = grads.pop(0) if x_in.requires_grad else None
+        return (None, dx, None, *grads)

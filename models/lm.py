@@ -23,12 +23,11 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from models.attention import CausalSelfAttention
 from models.config import ModelConfig
 from models.hyena import HyenaOperator
-from models.layers import GatedMlp, Mlp, make_norm, tag_no_weight_decay
+from models.layers import GatedMlp, Mlp, make_norm, recompute, tag_no_weight_decay
 from models.mamba import Mamba
 
 NORM_KIND = {"hyena": "layer", "mamba": "rms", "transformer": "rms"}
@@ -37,15 +36,17 @@ NORM_KIND = {"hyena": "layer", "mamba": "rms", "transformer": "rms"}
 class Block(nn.Module):
     """Pre-norm residual block: ``r + mixer(norm1(r))`` then, with an MLP, ``r + mlp(norm2(r))``.
 
-    With ``cfg.checkpoint_activations`` the block is checkpointed (``torch.utils.checkpoint``, non-reentrant) as
-    two pieces, norm1+mixer and norm2+MLP (HyenaDNA's checkpoint_mixer / checkpoint_mlp): only the two piece
-    inputs are kept, and the backward of one piece never holds the activations of the other.
+    When checkpointed (``cfg.checkpoint`` true, or ``"auto"`` and :meth:`ModelConfig.use_checkpoint` says the
+    activations of this input would exceed the budget; decided at every call from the input's shape), the
+    block runs under :func:`models.layers.recompute` as two pieces, norm1+mixer and norm2+MLP
+    (HyenaDNA's checkpoint_mixer / checkpoint_mlp): only the two piece inputs are kept, and the backward of one
+    piece never holds the activations of the other.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         kind, d = NORM_KIND[cfg.arch], cfg.d_model
-        self.checkpoint = cfg.checkpoint_activations
+        self.config = cfg
         self.norm1 = make_norm(kind, d, cfg.norm_eps)
         self.mixer = _make_mixer(cfg)
         self.norm2, self.mlp = None, None
@@ -62,10 +63,19 @@ class Block(nn.Module):
             residual = residual + self._run(self._feed_forward, residual)
         return residual
 
+    def use_checkpoint(self, batch: int, seq_len: int) -> bool:
+        """Whether a (batch, seq_len) input is run checkpointed (see :meth:`ModelConfig.use_checkpoint`)."""
+        itemsize = max(self.norm1.weight.element_size(), 4)  # compute in float32 or wider
+        return self.config.use_checkpoint(batch, seq_len, itemsize)
+
     def _run(self, piece, residual: torch.Tensor) -> torch.Tensor:
-        if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(piece, residual, use_reentrant=False)
+        if torch.is_grad_enabled() and self.use_checkpoint(residual.shape[0], residual.shape[1]):
+            return recompute(piece, residual, self._piece_params(piece))
         return piece(residual)
+
+    def _piece_params(self, piece):
+        mods = (self.norm1, self.mixer) if piece == self._mix else (self.norm2, self.mlp)
+        return [p for m in mods for p in m.parameters()]
 
     def _mix(self, residual: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.mixer(self.norm1(residual.to(self.norm1.weight.dtype))))
@@ -76,7 +86,7 @@ class Block(nn.Module):
 
 def _make_mixer(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "hyena":
-        return HyenaOperator(cfg.d_model, cfg.l_max, cfg.hyena, checkpoint_filter=cfg.checkpoint_activations)
+        return HyenaOperator(cfg.d_model, cfg.l_max, cfg.hyena)
     if cfg.arch == "mamba":
         return Mamba(cfg.d_model, cfg.mamba, cfg.dt_rank)
     return CausalSelfAttention(cfg.d_model, cfg.transformer.n_head, cfg.transformer.rope_theta)

@@ -65,15 +65,33 @@ def _channel_groups(batch: int, dim: int, length: int):
     return [(c0, min(c0 + step, dim)) for c0 in range(0, dim, step)]
 
 
+def _rfft_padded(x: torch.Tensor, n: int, buf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rfft(x, n)`` (x zero-padded to n along the last axis) through a reusable buffer whose tail stays zero:
+    torch's own padding allocates, zero-fills and copies at every call. Returns (spectrum, buffer)."""
+    length = x.shape[-1]
+    if buf is None or buf.shape[:-1] != x.shape[:-1]:
+        buf = x.new_empty(*x.shape[:-1], n)
+        buf[..., length:].zero_()
+    buf[..., :length].copy_(x)
+    return torch.fft.rfft(buf), buf
+
+
+def _irfft_first(spec: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    return torch.fft.irfft(spec, n=n)[..., :length]
+
+
 class _FFTConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, k, bias):
         batch, dim, length = u.shape
         dt, n = _compute_dtype(u, k, bias), 2 * length
         y = torch.empty_like(u)  # u's layout: a transposed (B, L, D) view stays one
+        ubuf = kbuf = None
         for c0, c1 in _channel_groups(batch, dim, length):
-            uc, kc = u[:, c0:c1].to(dt), k[c0:c1].to(dt)
-            yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * torch.fft.rfft(kc, n=n), n=n)[..., :length]
+            uc = u[:, c0:c1]
+            uf, ubuf = _rfft_padded(uc.to(dt), n, ubuf)
+            kf, kbuf = _rfft_padded(k[c0:c1].to(dt), n, kbuf)
+            yc = _irfft_first(uf.mul_(kf), n, length)
             y[:, c0:c1] = yc.addcmul_(bias[c0:c1, None].to(dt), uc)
         ctx.save_for_backward(u, k, bias)
         return y
@@ -86,12 +104,15 @@ class _FFTConvFn(torch.autograd.Function):
         dt, n = _compute_dtype(u, k, bias), 2 * length
         du, dk = torch.empty_like(u), torch.empty_like(k)
         dbias = torch.empty(dim, dtype=dt, device=u.device)
+        bbuf = kbuf = None
         for c0, c1 in _channel_groups(batch, dim, length):
-            uc, kc, gc = u[:, c0:c1].to(dt), k[c0:c1].to(dt), dy[:, c0:c1].to(dt)
-            gf = torch.fft.rfft(gc, n=n)
-            du_c = torch.fft.irfft(gf * torch.fft.rfft(kc, n=n).conj(), n=n)[..., :length]
+            uc, gc = u[:, c0:c1].to(dt), dy[:, c0:c1].to(dt)
+            gf, bbuf = _rfft_padded(gc, n, bbuf)
+            kf, kbuf = _rfft_padded(k[c0:c1].to(dt), n, kbuf)
+            du_c = _irfft_first(gf * kf.conj_physical_(), n, length)  # correlation with k
             du[:, c0:c1] = du_c.addcmul_(bias[c0:c1, None].to(dt), gc)
-            dk_f = (gf * torch.fft.rfft(uc, n=n).conj()).sum(dim=0)
-            dk[c0:c1] = torch.fft.irfft(dk_f, n=n)[..., :length]
             dbias[c0:c1] = (gc * uc).sum(dim=(0, 2))
+            uf, bbuf = _rfft_padded(uc, n, bbuf)
+            dk_f = uf.conj_physical_().mul_(gf)  # correlation with u, summed over the batch
+            dk[c0:c1] = _irfft_first(dk_f[0] if batch == 1 else dk_f.sum(dim=0), n, length)
         return du, dk, dbias.to(bias.dtype)

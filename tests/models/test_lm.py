@@ -207,3 +207,49 @@ def test_lazy_package_exports():
     assert models.DNALM is DNALM and callable(models.from_pretrained)
     with pytest.raises(AttributeError):
         models.nothing_here
+
+
+def test_checkpoint_auto_is_the_default_and_follows_the_activation_budget():
+    cfg = models.build_model({"arch": "hyena", "d_model": 128, "n_layer": 2}).config
+    assert cfg.checkpoint == "auto" and cfg.checkpoint_activations is None
+    per_token = cfg.activation_bytes(1, 1)
+    assert per_token == 24 * 128 * 2 * 4
+    threshold = int(cfg.checkpoint_budget_gb * 2**30 // per_token)  # longest batch-1 window kept in memory
+    assert not cfg.use_checkpoint(1, 1024) and not cfg.use_checkpoint(1, threshold)
+    assert cfg.use_checkpoint(1, threshold + 1) and cfg.use_checkpoint(2, threshold // 2 + 1)
+    assert cfg.use_checkpoint(1, 1 << 20)
+    small = models.build_model({"arch": "hyena", "d_model": 128, "n_layer": 2, "checkpoint_budget_gb": 0.001})
+    assert small.config.use_checkpoint(1, 1024)
+    for mode, expected in ((True, True), (False, False)):
+        c = models.build_model({"arch": "mamba", "d_model": 32, "checkpoint": mode}).config
+        assert c.use_checkpoint(1, 8) is expected and c.use_checkpoint(1, 1 << 24) is expected
+    legacy = models.build_model({"arch": "hyena", "d_model": 32, "checkpoint_activations": True}).config
+    assert legacy.checkpoint_mode is True and legacy.use_checkpoint(1, 8)  # the former key still reads
+    with pytest.raises(ValueError, match="checkpoint_activations"):
+        models.build_model({"arch": "hyena", "checkpoint": False, "checkpoint_activations": True})
+    with pytest.raises(ValueError, match="checkpoint_budget_gb must be > 0"):
+        models.build_model({"checkpoint_budget_gb": 0})
+    with pytest.raises(ValueError, match="model.checkpoint"):
+        models.build_model({"checkpoint": "sometimes"})
+
+
+@pytest.mark.parametrize("arch", ["hyena", "mamba"])
+def test_checkpoint_auto_decides_per_call_from_the_input_length(arch):
+    """Under ``auto`` the same model runs short windows plainly and long ones checkpointed, same gradients."""
+    torch.manual_seed(0)
+    per_token = models.build_model(SMALL[arch]).config.activation_bytes(1, 1, itemsize=8)  # float64 model
+    budget = per_token * 40.5 / 2**30  # windows longer than 40 tokens are checkpointed
+    plain = models.build_model({**SMALL[arch], "checkpoint": False}).double()
+    auto = models.build_model({**SMALL[arch], "checkpoint_budget_gb": budget}).double()
+    auto.load_state_dict(plain.state_dict())
+    assert not auto.layers[0].use_checkpoint(1, 40) and auto.layers[0].use_checkpoint(1, 41)
+    for L in (33, 64):
+        ids = _ids(B=1, L=L)
+        grads = []
+        for model in (plain, auto):
+            model.zero_grad(set_to_none=True)
+            logits = model(ids)
+            F.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        for name, g in grads[0].items():
+            assert torch.allclose(grads[1][name], g, rtol=1e-12, atol=1e-14), (L, name)
