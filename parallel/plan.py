@@ -13,7 +13,7 @@ Every estimate is a formula of the model's shapes (no fitted constant), in bytes
   kernels/*/ref.py and parallel/mixers.py; see :func:`_pieces`), at the moment of the backward where the most is
   alive: every checkpointed piece input still waiting (fp32 residual stream), the residual gradient, and the
   recomputed piece with its gradients. Without checkpointing, everything the forward saved.
-- **workspace**: the FFT buffers of one channel group (torch reference: 5 spectra of ``SPECTRUM_BUDGET``-bounded
+- **workspace**: the FFT buffers of one channel group (torch reference: 7 spectra of ``SPECTRUM_BUDGET``-bounded
   groups alive in the backward; Triton: the 4 work buffers of a ``WORK_BUDGET`` group) or the scan's per-chunk
   state tensors.
 
@@ -35,7 +35,7 @@ GB = 1e9
 ZERO_STAGES = (0, 1, 2, 3)
 ZERO_PREFERENCE = (1, 2, 0, 3)  # stage 1/2 cost no more traffic than plain data parallelism; 3 gathers weights
 SCAN_WS_TENSORS = 7  # (chunk, B, Di, N) tensors alive in a chunk's backward (decay, states, adjoint, ...)
-FFT_REF_BWD_SPECTRA = 5  # rfft pad + output, spectra, product, irfft output of one channel group (profiled)
+FFT_REF_BWD_SPECTRA = 7  # padded inputs, spectra, products, irfft output of one channel group (profiled)
 
 
 @dataclass(frozen=True)
@@ -129,19 +129,15 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         chans = d // sp  # the long conv runs on d/sp channels over the whole window
         k = a * chans * seq_len  # one (d/sp, L) filter-sized tensor (independent of the batch)
         hidden = 3 * (1 + h.num_inner_mlps) * seq_len * h.filter_order * a  # per Linear+Sin: out, freq*x, sin
-        # the filter (and, unless the filter is checkpointed with the block, its MLP activations and decay window)
-        filt = k if checkpoint else hidden + 2 * k
+        # the filter MLP is part of the (recomputed) mixer: its activations and the filter itself are kept; the
+        # decay window is a per-layer cache (counted in activation_bytes), so the window product saves nothing new
+        filt = hidden + k
         # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
         saved = a * n * d * 10 + filt
         ws = _fft_workspace(chans, batch, seq_len, impl)
         # fftconv backward: conv out and gated freed; d(x0), d(conv out), d(x1*v) and dk alive, plus its buffers
-        at_fft = a * n * d * (8 + 3) + filt + k + ws
-        # with checkpointing the filter's own checkpoint recomputes its MLP in the backward: norm out, in_proj,
-        # short conv, d(x0), d(x1*v), dk alive with the MLP activations, the window, d(filter), select's zeros,
-        # and two (L, order) gradients
-        at_filter = a * n * d * 9 + 4 * k + hidden + 2 * seq_len * h.filter_order * a if checkpoint else 0
-        backward = max(at_fft, at_filter)
-        pieces.append(Piece("hyena mixer", saved, backward, ws if at_fft >= at_filter else 0.0))
+        backward = a * n * d * (8 + 3) + filt + k + ws
+        pieces.append(Piece("hyena mixer", saved, backward, ws))
     elif cfg.arch == "mamba":
         m = cfg.mamba
         di, ns, r = m.expand * d, m.d_state, cfg.dt_rank
@@ -182,7 +178,8 @@ def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int 
     if seq_len < 1 or batch < 1 or sp < 1 or seq_len % sp:
         raise ValueError(f"need seq_len >= 1 divisible by sp >= 1 and batch >= 1, got seq_len={seq_len} sp={sp} "
                          f"batch={batch}")
-    checkpoint = cfg.checkpoint_activations if checkpoint is None else checkpoint
+    if checkpoint is None:
+        checkpoint = _checkpoint_default(cfg, seq_len, sp, batch, precision)
     a = _act_bytes(precision)
     r = 4 if cfg.residual_in_fp32 else a
     n, d, layers = batch * seq_len // sp, cfg.d_model, cfg.n_layer
@@ -202,9 +199,21 @@ def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int 
             total = (layers - 1) * block + before + norm_in + p.backward + r * n * d
         moments.append((total, p.workspace))
     stored = r * n * d * (layers * len(pieces) + 1) if checkpoint else layers * block + r * n * d
-    moments.append((stored + head, 0.0))  # start of the backward: the loss head's tensors on top of everything
+    moments.append((stored + head, 0.0))
+    if cfg.arch == "hyena":  # each layer caches its decay window (d, l_max) in the parameters' dtype
+        moments = [(t + layers * a * d * cfg.l_max, w) for t, w in moments]  # start of the backward: the loss head's tensors on top of everything
     total, ws = max(moments)
     return total - ws, ws
+
+
+def _checkpoint_default(cfg: ModelConfig, seq_len: int, sp: int, batch: int, precision: str) -> bool:
+    """The config's checkpointing: ``checkpoint_activations`` / ``checkpoint`` (True, False or "auto": on when
+    the model's own estimate of one window's activations passes ``checkpoint_budget_gb``)."""
+    mode = cfg.checkpoint_mode if hasattr(cfg, "checkpoint_mode") else cfg.checkpoint_activations
+    if mode == "auto":
+        off = sum(activation_bytes(cfg, seq_len=seq_len, sp=sp, batch=batch, precision=precision, checkpoint=False))
+        return off > getattr(cfg, "checkpoint_budget_gb", 1.0) * 2**30
+    return bool(mode)
 
 
 def num_parameters(cfg: ModelConfig) -> int:
