@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -181,10 +182,24 @@ def _plan_all(cfg: SpeciesConfig, bed_dir: Path) -> tuple[list[PrepConfig], dict
 
 
 def prepare_species(cfg: SpeciesConfig, log=print) -> dict:
-    """Validate every species, write their shard folders, then ``task.json``; returns the task manifest."""
+    """Validate every species, write their shard folders, then ``task.json``; returns the task manifest.
+
+    Bad input found only while writing (a non-DNA byte deep in a later genome) removes ``cfg.out`` again when
+    this run created it, so a refused run leaves nothing; an existing folder is left as it is (resumable).
+    """
     with tempfile.TemporaryDirectory(prefix="longdna-species-") as tmp:
         _, beds, planned = _plan_all(cfg, Path(tmp))
     out = Path(cfg.out)
+    fresh = not out.exists()
+    try:
+        return _write_task(cfg, out, beds, planned, log)
+    except ValueError:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_task(cfg: SpeciesConfig, out: Path, beds: dict[str, str], planned: dict[str, dict], log) -> dict:
     (out / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
     species = []
     for label, (name, fasta) in enumerate(cfg.genomes):

@@ -157,6 +157,24 @@ def test_empty_splits_are_refused_before_writing(sample_data, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_bad_bytes_found_while_writing_leave_no_folder(sample_data, tmp_path, capsys):
+    # The second genome's ambiguity code sits in its third train chunk: planning reads a split's chunks only until
+    # one passes --min-acgt, so it is met while writing, after the first species' shards exist.
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">bad\n" + "ACGT" * 40 + "Y" + "ACGT" * 60 + "\n")
+    out = tmp_path / "out"
+    rc, err = _run(capsys, "--genome", f"human={sample_data / HUMAN_MT}", "--genome", f"bad={bad}",
+                   "--holdout-fraction", "0.1", "--chunk-len", "65", "--out", out)
+    assert rc == 2 and "non-DNA character 'Y'" in err and "--iupac-to-n" in err
+    assert not out.exists()
+    # An existing folder (a run to resume) is left in place.
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    rc, _ = _run(capsys, "--genome", f"human={sample_data / HUMAN_MT}", "--genome", f"bad={bad}",
+                 "--holdout-fraction", "0.1", "--chunk-len", "65", "--out", out)
+    assert rc == 2 and (out / "keep.txt").is_file() and (out / "human").is_dir()
+
+
 def test_option_mistakes(sample_data, tmp_path, capsys):
     out = tmp_path / "out"
     rc, err = _run(capsys, *_mito(sample_data), "--valid-chroms", "gorilla=chrM", "--out", out)
