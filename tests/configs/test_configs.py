@@ -70,3 +70,18 @@ def test_scaling_sweep_widths_and_mamba_blocks():
     for arch in ("hyena", "mamba", "transformer"):
         sizes = [sweep[(arch, w)][1] for w in widths]
         assert sizes == sorted(sizes)
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_window_length_splits_over_the_sequence_parallel_degrees_of_a_node(path):
+    """No SP degree that ``parallel.plan`` may pick on nodes of 8 GPUs (what ``slurm/pretrain_1m.sh`` passes as
+    ``parallel.sequence``) is ruled out by a window length, warm-up stages included: each one splits evenly."""
+    from parallel import check_sequence_parallel
+    from parallel.plan import sp_degrees
+
+    cfg = resolve(path, [])
+    lens = cfg.train.seq_lens()
+    allowed, excluded = sp_degrees(cfg.model, lens, gpus=32, gpus_per_node=8)
+    assert not {sp: why for sp, why in excluded.items() if "window length" in why}
+    for sp in allowed:
+        check_sequence_parallel(cfg.model, sp, lens)
