@@ -26,6 +26,9 @@ class SequenceDataParallelMPU:
     def __init__(self, dims: ParallelDims):
         if dims.rank is None:
             raise ValueError("SequenceDataParallelMPU needs a built ParallelDims (call dims.build() first)")
+        if dims.tp > 1:
+            raise ValueError(f"SequenceDataParallelMPU has no tensor parallelism yet (ParallelDims.tp={dims.tp}): "
+                             f"the DeepSpeed engine runs only with tp=1")
         self.dims = dims
         # Only this rank joins its own group: no collective over the other ranks is needed to create it.
         self._self_group = dist.new_group([dims.rank], use_local_synchronization=True)

@@ -71,3 +71,65 @@ def test_build_refuses_without_process_group():
         pytest.skip("a default process group exists in this process")
     with pytest.raises(ValueError, match="initialised first"):
         ParallelDims(dp=1).build()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tensor parallelism: TP innermost, then SP, then DP
+
+
+def test_layout_puts_tensor_parallel_innermost():
+    dims = ParallelDims(dp=2, sp=2, tp=2)
+    assert dims.tp_group_ranks() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert dims.sp_group_ranks() == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert dims.dp_group_ranks() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert dims.dp_sp_group_ranks() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [dims.tp_rank_of(r) for r in range(8)] == [0, 1] * 4
+    assert [dims.sp_rank_of(r) for r in range(8)] == [0, 0, 1, 1] * 2
+    assert [dims.dp_rank_of(r) for r in range(8)] == [0] * 4 + [1] * 4
+    # every rank sits in exactly one group of each kind, and (dp, sp, tp) ranks name it uniquely
+    coords = {(dims.dp_rank_of(r), dims.sp_rank_of(r), dims.tp_rank_of(r)) for r in range(8)}
+    assert len(coords) == 8
+    one = ParallelDims(dp=3, sp=2)  # tp = 1: the data x sequence layout unchanged
+    assert one.sp_group_ranks() == [[0, 1], [2, 3], [4, 5]] and one.tp_group_ranks() == [[r] for r in range(6)]
+
+
+def test_bad_tensor_parallel_degrees_are_value_errors():
+    with pytest.raises(ValueError, match="ParallelDims.tp must be a positive integer"):
+        ParallelDims(dp=1, tp=0)
+    with pytest.raises(ValueError, match=r"dp=1 x sp=2 x tp=2 = 4 processes, but the world has 8"):
+        ParallelDims(dp=1, sp=2, tp=2).validate(world_size=8)
+    with pytest.raises(ValueError, match="parallel.tensor=4 does not divide the world size 6"):
+        ParallelDims.from_world(6, tp=4)
+    with pytest.raises(ValueError, match=r"parallel.sequence=2 x parallel.tensor=2 does not divide the world size 6"):
+        ParallelDims.from_world(6, sp=2, tp=2)
+    assert ParallelDims.from_world(8, sp=2, tp=2) == ParallelDims(dp=2, sp=2, tp=2)
+
+
+def _tp_worker(rank, world_size, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        out = {}
+        for dp, sp in ((1, 2), (2, 1)):
+            dims = ParallelDims(dp=dp, sp=sp, tp=2).build()
+            sums = []
+            for group in (dims.tp_group, dims.sp_group, dims.dp_group, dims.dp_sp_group):
+                x = torch.tensor([float(2 ** rank)])  # the sum names the ranks of the group
+                dist.all_reduce(x, group=group)
+                sums.append(int(x.item()))
+            out[dp, sp] = (dims.tp_rank, dims.sp_rank, dims.dp_rank, *sums)
+        results[rank] = out
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_tensor_parallel_groups_reduce_over_the_right_ranks():
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_tp_worker, args=(4, _free_port(), results), nprocs=4, join=True)
+    # sums of 2**rank: {0,1}=3 {2,3}=12 {0,2}=5 {1,3}=10 {r}=2**r, world=15
+    assert {r: v[1, 2] for r, v in results.items()} == {  # dp 1 x sp 2 x tp 2: (tp, sp, dp, tp/sp/dp/dpsp sums)
+        0: (0, 0, 0, 3, 5, 1, 5), 1: (1, 0, 0, 3, 10, 2, 10), 2: (0, 1, 0, 12, 5, 4, 5), 3: (1, 1, 0, 12, 10, 8, 10)}
+    assert {r: v[2, 1] for r, v in results.items()} == {  # dp 2 x sp 1 x tp 2
+        0: (0, 0, 0, 3, 1, 5, 5), 1: (1, 0, 0, 3, 2, 10, 10), 2: (0, 0, 1, 12, 4, 5, 5), 3: (1, 0, 1, 12, 8, 10, 10)}
