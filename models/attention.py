@@ -37,9 +37,9 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, d = x.shape
+        B, L = x.shape[:2]
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = rope_angles(L, self.head_dim, self.rope_theta, x.device, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, hd)
-        return self.out_proj(y.transpose(1, 2).reshape(B, L, d))
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, -1))  # (B, L, H * hd)
