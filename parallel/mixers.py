@@ -6,9 +6,11 @@ the steps that mix along the sequence are replaced, per module instance (the mod
 
 - Hyena (``HyenaOperator.short_conv`` / ``long_conv``): a halo of k-1 positions before the causal short conv;
   around the FFT long conv an all-to-all from sequence to channel shards and back (one each way, carrying the
-  gated product ``x1 * v``), with the implicit filter evaluated only for this rank's d/P channels.
+  gated product ``x1 * v``), with the implicit filter evaluated only for this rank's d/P channels, its MLP in
+  chunks of positions and recomputed in the backward (no rank keeps the MLP's activations over the window).
 - Mamba (``Mamba.conv`` / ``scan``): a halo of d_conv-1 positions before the causal conv; the scan is linear in
-  its initial state, so each rank scans its slice from zero (final state S_r), computes the slice's decay
+  its initial state, so each rank scans its slice from zero (final state S_r; without D and the gate, which do
+  not enter it), computes the slice's decay
   product P_r = exp(A * sum_t softplus(delta_t + dt_bias)), all-gathers (P_r, S_r) — 2*B*Di*N numbers per
   rank, whatever L is — folds the state carried in from the ranks before it, H_r = P_{r-1} H_{r-1} + S_{r-1}
   (H_0 = initial_state or 0), and scans its slice again from H_r for its outputs. Gradients reach the earlier
@@ -28,10 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 import kernels
-from parallel.collectives import (BACKWARD, FORWARD, all_gather_stack, channel_to_seq, halo_exchange, record,
+from parallel.collectives import (BACKWARD, FORWARD, all_gather_stack, channel_to_seq, halo_conv, record,
                                   seq_to_channel)
 
 
@@ -52,32 +53,40 @@ def _install(module: nn.Module, name: str, fn) -> None:
     setattr(module, name, types.MethodType(fn, module))
 
 
-def _local_conv(self, orig, x: torch.Tensor, width: int) -> torch.Tensor:
-    """A causal conv of ``width + 1`` taps on this rank's slice: halo, convolve, drop the halo's outputs."""
+def _local_conv(self, orig, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """The causal conv ``orig`` (``conv``'s taps) on this rank's slice: halo, convolve, drop the halo's outputs;
+    the backward rebuilds the halo-extended input instead of keeping a copy of it (:func:`halo_conv`)."""
     sp: SPState = self._sp
-    return orig(halo_exchange(x, width, sp.group, sp.tag))[:, width:]
+    return halo_conv(x, orig, list(conv.parameters()), conv.kernel_size[0] - 1, sp.group, sp.tag)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Hyena
 
 
+FILTER_CHUNK = 1 << 14  # positions of the implicit filter's MLP evaluated at once (9 x 64 floats each)
+
+
 def hyena_channel_filter(filter_fn: nn.Module, L: int, lo: int, hi: int) -> torch.Tensor:
     """The implicit long filter of ``HyenaFilter`` for channels ``[lo, hi)`` only, (hi-lo, L): the MLP's last
     Linear (order -> d, no bias) and the decay window are evaluated on those rows, so no rank holds the (d, L)
-    filter. Falls back to the whole filter, sliced, if the filter is not built as ``models.hyena`` builds it."""
+    filter. The MLP runs over ``FILTER_CHUNK`` positions at a time and keeps nothing for the backward, which
+    recomputes it chunk by chunk: a rank holds the (hi-lo, L) filter, not the MLP's activations over the
+    whole window (9 x filter_order numbers per position, the same on every rank). Falls back to the whole
+    filter, sliced, if the filter is not built as ``models.hyena`` builds it."""
     mlp = getattr(filter_fn, "implicit_filter", None)
     mod = getattr(filter_fn, "modulation", None)
     if not (isinstance(mlp, nn.Sequential) and isinstance(mlp[-1], nn.Linear) and hasattr(mod, "deltas")):
         return filter_fn.filter(L)[lo:hi]
-    if getattr(filter_fn, "checkpoint", False) and torch.is_grad_enabled():
-        return checkpoint(_channel_filter, filter_fn, L, lo, hi, use_reentrant=False)
-    return _channel_filter(filter_fn, L, lo, hi)
+    params = [p for p in mlp.parameters() if p.requires_grad]
+    return _ChunkedChannelFilter.apply(filter_fn, L, lo, hi, *params)
 
 
-def _channel_filter(filter_fn: nn.Module, L: int, lo: int, hi: int) -> torch.Tensor:
+def _channel_filter(filter_fn: nn.Module, lo: int, hi: int, t0: int, t1: int) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of the filter at positions ``[t0, t1)``: (hi-lo, t1-t0)."""
     dtype = filter_fn.bias.dtype
-    z, t = filter_fn.pos_emb(L)
+    z, t = filter_fn.pos_emb(t1)
+    z, t = z[0, t0:], t[0, t0:]  # (t1-t0, emb_dim), (t1-t0, 1): the l_max grid's positions t0 .. t1-1
     mlp, mod = filter_fn.implicit_filter, filter_fn.modulation
     last = mlp[-1]
     h = z.to(dtype)
@@ -85,12 +94,39 @@ def _channel_filter(filter_fn: nn.Module, L: int, lo: int, hi: int) -> torch.Ten
         h = layer(h)
     h = F.linear(h, last.weight[lo:hi], None if last.bias is None else last.bias[lo:hi])
     if mod.modulate:
-        h = h * (torch.exp(-t.to(dtype) * mod.deltas[..., lo:hi].abs()) + mod.shift)
-    return h[0].transpose(0, 1)
+        h = h * (torch.exp(-t.to(dtype) * mod.deltas[0, :, lo:hi].abs()) + mod.shift)
+    return h.t()
+
+
+class _ChunkedChannelFilter(torch.autograd.Function):
+    """:func:`_channel_filter` over ``[0, L)`` in chunks; saves nothing, recomputes each chunk in the backward."""
+
+    @staticmethod
+    def forward(ctx, filter_fn, L, lo, hi, *params):
+        ctx.filter_fn, ctx.L, ctx.lo, ctx.hi = filter_fn, L, lo, hi
+        k = torch.empty(hi - lo, L, dtype=filter_fn.bias.dtype, device=filter_fn.bias.device)
+        with torch.no_grad():
+            for t0 in range(0, L, FILTER_CHUNK):
+                t1 = min(L, t0 + FILTER_CHUNK)
+                k[:, t0:t1] = _channel_filter(filter_fn, lo, hi, t0, t1)
+        return k
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dk):
+        params = [p for p in ctx.filter_fn.implicit_filter.parameters() if p.requires_grad]
+        grads = [None] * len(params)
+        for t0 in range(0, ctx.L, FILTER_CHUNK):
+            t1 = min(ctx.L, t0 + FILTER_CHUNK)
+            with torch.enable_grad():
+                k = _channel_filter(ctx.filter_fn, ctx.lo, ctx.hi, t0, t1)
+            part = torch.autograd.grad(k, params, dk[:, t0:t1], allow_unused=True)
+            grads = [g if acc is None else acc if g is None else acc.add_(g) for acc, g in zip(grads, part)]
+        return (None, None, None, None, *grads)
 
 
 def _hyena_short_conv(self, u: torch.Tensor) -> torch.Tensor:
-    return _local_conv(self, self._sp_orig_short_conv, u, self.short_filter.kernel_size[0] - 1)
+    return _local_conv(self, self._sp_orig_short_conv, self.short_filter, u)
 
 
 def _hyena_long_conv(self, v: torch.Tensor) -> torch.Tensor:
@@ -117,21 +153,60 @@ def wrap_hyena(module: nn.Module, sp: SPState) -> None:
 
 
 def _mamba_conv(self, xin: torch.Tensor) -> torch.Tensor:
-    return _local_conv(self, self._sp_orig_conv, xin, self.conv1d.kernel_size[0] - 1)
+    return _local_conv(self, self._sp_orig_conv, self.conv1d, xin)
 
 
 def mamba_decay_product(self, delta: torch.Tensor) -> torch.Tensor:
     """exp(A * sum_t Δ_t) over the slice, (B, Di, N): the factor by which the slice scales its initial state.
-    Δ = softplus(delta + dt_proj.bias) and A = -exp(A_log) in the precision ``Mamba.scan`` uses."""
+    Δ = softplus(delta + dt_proj.bias) and A = -exp(A_log) in the precision ``Mamba.scan`` uses. Keeps only
+    ``delta`` (which the scan keeps anyway) for the backward, not a (B, L, Di) softplus input."""
     wide = torch.promote_types(self.A_log.dtype, torch.float32)
-    dsum = F.softplus(delta.to(wide) + self.dt_proj.bias.to(wide)).sum(dim=1)  # (B, Di)
-    return torch.exp(dsum[..., None] * -torch.exp(self.A_log.to(wide)))
+    return _DecayProduct.apply(delta, self.A_log, self.dt_proj.bias, wide)
+
+
+class _DecayProduct(torch.autograd.Function):
+    """decay = exp(A s), s = sum_t softplus(delta_t + bias), A = -exp(A_log). Backward: ds = sum_n g decay A,
+    d delta_t = ds sigmoid(delta_t + bias), d bias = sum_t d delta_t, d A_log = sum_b g decay s A."""
+
+    @staticmethod
+    def forward(ctx, delta, A_log, bias, wide):
+        A = -torch.exp(A_log.to(wide))
+        s = F.softplus(delta.to(wide) + bias.to(wide)).sum(dim=1)  # (B, Di)
+        decay = torch.exp(s[..., None] * A)
+        ctx.save_for_backward(delta, A_log, bias, s, decay)
+        ctx.wide = wide
+        return decay
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        delta, A_log, bias, s, decay = ctx.saved_tensors
+        A = -torch.exp(A_log.to(ctx.wide))
+        gd = g.to(ctx.wide) * decay  # (B, Di, N)
+        ds = (gd * A).sum(dim=-1)  # (B, Di)
+        x = delta.to(ctx.wide) + bias.to(ctx.wide)  # (B, L, Di); softplus' own backward (threshold 20)
+        d_delta = torch.ops.aten.softplus_backward(ds[:, None].expand_as(x), x, 1.0, 20.0)
+        del x
+        d_bias = d_delta.sum(dim=(0, 1)).to(bias.dtype) if ctx.needs_input_grad[2] else None
+        d_A_log = (gd * s[..., None]).sum(dim=0).mul_(A).to(A_log.dtype) if ctx.needs_input_grad[1] else None
+        return d_delta.to(delta.dtype), d_A_log, d_bias, None
+
+
+def mamba_last_state(self, xc, delta, B, C) -> torch.Tensor:
+    """The final state (B, Di, N) of ``Mamba.scan`` over the slice from a zero state. D and the gate z do not
+    enter the state, so the scan runs without them: its backward then allocates no gradient for z (a (B, L, Di)
+    tensor more, alive next to the other scan's gradients)."""
+    wide = torch.promote_types(self.A_log.dtype, torch.float32)
+    _, last = kernels.selective_scan(
+        xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.to(wide)), B.transpose(1, 2),
+        C.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True, return_last_state=True)
+    return last
 
 
 def _mamba_scan(self, xc, delta, B, C, z, initial_state=None, return_last_state=False):
     sp: SPState = self._sp
     orig = self._sp_orig_scan
-    _, last = orig(xc, delta, B, C, z, return_last_state=True)  # this slice from a zero state
+    last = mamba_last_state(self, xc, delta, B, C)  # this slice from a zero state
     decay = mamba_decay_product(self, delta)
     both = all_gather_stack(torch.stack([decay, last.to(decay.dtype)]), sp.group, sp.tag)  # (P, 2, B, Di, N)
     # States at every slice boundary, H_0 .. H_P, on every rank: each rank then differentiates through the

@@ -226,3 +226,43 @@ def test_unknown_architecture_and_unbuilt_dims_are_refused():
     with pytest.raises(ValueError, match="needs a built ParallelDims"):
         apply_sequence_parallel(torch.nn.Linear(2, 2), ParallelDims(dp=1, sp=2))
     assert apply_sequence_parallel(model := torch.nn.Linear(2, 2), ParallelDims(dp=1, sp=1)) is model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the memory-saving pieces of the wrapped mixers, against the model's own computation (one process)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_channel_filter_and_decay_product_equal_the_model(dtype, monkeypatch):
+    """Hyena's filter rows of one rank, evaluated in chunks and recomputed in the backward (a chunk size that
+    does not divide L), and Mamba's decay product with its hand-written backward (softplus past its threshold
+    included): values and gradients equal the model's own autograd computation."""
+    import torch.nn.functional as F
+
+    from parallel import mixers
+
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    filt = tiny_model("hyena", 300, dtype).layers[0].mixer.filter_fn
+    params = list(filt.implicit_filter.parameters())
+    ref = filt.filter(300)[4:12]
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    ref_grads = torch.autograd.grad((ref * w).sum(), params)
+    monkeypatch.setattr(mixers, "FILTER_CHUNK", 64)
+    k = mixers.hyena_channel_filter(filt, 300, 4, 12)
+    assert rel(k, ref) <= tol
+    for g, r in zip(torch.autograd.grad((k * w).sum(), params), ref_grads):
+        assert rel(g, r) <= tol
+
+    mixer = tiny_model("mamba", 300, dtype).layers[0].mixer
+    delta = torch.randn(2, 300, mixer.d_inner, generator=torch.Generator().manual_seed(2), dtype=dtype) * 0.1 - 3
+    delta[0, 7, :5] = 25.0  # softplus is the identity past 20
+    delta.requires_grad_()
+    inputs = [delta, mixer.A_log, mixer.dt_proj.bias]
+    s = F.softplus(delta + mixer.dt_proj.bias).sum(dim=1)
+    ref = torch.exp(s[..., None] * -torch.exp(mixer.A_log))
+    w = torch.rand(ref.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    ref_grads = torch.autograd.grad((ref * w).sum(), inputs)
+    out = mixers.mamba_decay_product(mixer, delta)
+    assert rel(out, ref) <= tol
+    for g, r in zip(torch.autograd.grad((out * w).sum(), inputs), ref_grads):
+        assert rel(g, r) <= tol
