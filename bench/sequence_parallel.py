@@ -11,7 +11,8 @@ step time and the bytes its collectives sent per layer (``parallel.count_bytes``
 checkpointed blocks included), next to the bytes the shapes predict (:func:`bytes_formula`) and the planner's
 activation estimate (``parallel.plan.activation_bytes`` with the torch kernels); ``peak - base`` is the measured
 activation peak. Results go to ``--json`` (default bench/results/sequence_parallel.json, rewritten after every
-point) and a plot to ``--png``. The 2^20 points need about 12 GB (SP 1) or 2 x 7 GB (SP 2) of RAM.
+point, with the machine's load average) and a plot to ``--png``. The 2^20 points need about 12 GB (SP 1) or
+2 x 7 GB (SP 2) of RAM.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "bytes_layer0_formula": [r["bytes_layer0_formula"] for r in ranks]}
         if one and key[2] > 1:
             line["peak_ratio_vs_sp1"] = round(line["peak_rss_gb"] / max(r["peak_rss_gb"] for r in one), 3)
+            line["act_ratio_vs_sp1"] = round(line["measured_act_gb"] / max(r["measured_act_gb"] for r in one), 3)
         out.append(line)
     return out
 
@@ -210,12 +212,13 @@ def main(argv=None) -> int:
         return 0
     command = " ".join(["python bench/sequence_parallel.py", *(sys.argv[1:] if argv is None else argv)])
     rows: list[dict] = []
-    load = os.getloadavg()[0]
+    load = os.getloadavg()[0]  # 1-minute load average of the machine (other work shares the cores)
 
     def save(done: bool) -> None:  # after every point, so an interrupted run keeps what it measured
         summary = summarize(rows)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": command, "complete": done, "load_avg_at_start": load,
+                                         "load_avg_at_last_save": os.getloadavg()[0],
                                          "targets": {"peak_ratio_sp2_vs_sp1": TARGET_PEAK_RATIO,
                                                      "planner_rel_error": TARGET_PLANNER},
                                          "summary": summary, "ranks": rows}, indent=1) + "\n")
@@ -225,7 +228,8 @@ def main(argv=None) -> int:
     for log2 in sorted(args.log2 or [18, 20]):  # short first, larger SP first: a cut-short run keeps the most
         for sp in sorted(args.sp or [1, 2], reverse=True):
             for arch in args.arch or ["hyena", "mamba"]:
-                rows.extend(run_point(arch, log2, sp))
+                start_load = os.getloadavg()[0]
+                rows.extend({**r, "load_avg_at_start": start_load} for r in run_point(arch, log2, sp))
                 print(json.dumps(rows[-sp:]), flush=True)
                 save(False)
     save(True)

@@ -130,7 +130,13 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         k = a * chans * seq_len  # one (d/sp, L) filter-sized tensor (independent of the batch)
         hidden = 3 * (1 + h.num_inner_mlps) * seq_len * h.filter_order * a  # per Linear+Sin: out, freq*x, sin
         # the filter MLP is part of the (recomputed) mixer: its activations and the filter itself are kept; the
-        # decay window is a per-layer cache (counted in activation_bytes), so the window product saves nothing new
+        # decay window is a per-layer cache (counted in activation_bytes), so the window product saves nothing new.
+        # With SP, parallel.mixers evaluates the MLP in chunks of FILTER_CHUNK positions and keeps only this
+        # rank's (d/sp, L) filter; the backward recomputes one chunk at a time.
+        if sp > 1:
+            from parallel.mixers import FILTER_CHUNK
+
+            hidden = hidden * min(seq_len, FILTER_CHUNK) // seq_len
         filt = hidden + k
         # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
         saved = a * n * d * 10 + filt
@@ -146,11 +152,11 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         saved = a * n * (rms * d + 5 * di + r + 2 * ns) + starts
         backward = a * n * (rms * d + 8 * di + r + 4 * ns) + starts + ws  # y freed; dy, du, ddelta, dz, dB, dC
         if sp > 1:
-            # parallel.mixers scans the slice twice (from zero, then from the carried state): a second set of
-            # chunk states, the softplus input of the decay product (fp32), and while the first scan's
-            # backward runs, the second one's du, ddelta, dz plus a zero gradient for its unused output
-            saved += starts + 4 * n * di
-            backward += starts + a * n * 3 * di
+            # parallel.mixers scans the slice twice (from zero without D and z, then from the carried state): a
+            # second set of chunk states, and while the first scan's backward runs, the second one's du, ddelta,
+            # dz held next to its own du, ddelta and a zero gradient for its unused output (6 Di, not 4)
+            saved += starts
+            backward += starts + a * n * 2 * di
         pieces.append(Piece("mamba mixer", saved, backward, ws))
     else:
         heads = cfg.transformer.n_head
@@ -200,7 +206,7 @@ def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int 
         moments.append((total, p.workspace))
     stored = r * n * d * (layers * len(pieces) + 1) if checkpoint else layers * block + r * n * d
     moments.append((stored + head, 0.0))
-    if cfg.arch == "hyena":  # each layer caches its decay window (d, l_max) in the parameters' dtype
+    if cfg.arch == "hyena" and sp == 1:  # each layer caches its decay window (d, l_max) in the parameters' dtype
         moments = [(t + layers * a * d * cfg.l_max, w) for t, w in moments]  # start of the backward: the loss head's tensors on top of everything
     total, ws = max(moments)
     return total - ws, ws
