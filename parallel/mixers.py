@@ -265,7 +265,7 @@ def _attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     from models.attention import apply_rope
 
     sp: SPState = self._sp
-    B, Ls, d = x.shape
+    B, Ls = x.shape[:2]
     q, k, v = self.qkv(x).view(B, Ls, 3, self.n_head, self.head_dim).unbind(2)  # (B, Ls, H, hd) each
     cos, sin = rope_angles_at(sp.rank * Ls, Ls, self.head_dim, self.rope_theta, x.device, q.dtype)
     cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
@@ -274,7 +274,7 @@ def _attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     record(sp.tag, "ulysses_all_to_all", FORWARD, nbytes)
     y = self._sp_ulysses(q, k, v, 0)  # batch_dim_idx 0: (B, Ls, H, hd)
     y = _CountBackward.apply(y, sp.tag, nbytes)
-    return self.out_proj(y.reshape(B, Ls, d))
+    return self.out_proj(y.reshape(B, Ls, -1))  # (B, Ls, H * hd): H/tp heads under tensor parallelism
 
 
 def wrap_attention(module: nn.Module, sp: SPState) -> None:
