@@ -204,6 +204,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sp", type=int, action="append", help="repeatable; default 1 and 2")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "sequence_parallel.json")
     parser.add_argument("--png", type=Path, default=REPO / "bench" / "results" / "sequence_parallel.png")
+    parser.add_argument("--update", action="store_true",
+                        help="re-measure only the points asked for and replace them in an existing --json, keeping "
+                             "its other points (the commands of both runs are listed)")
     parser.add_argument("--rank", nargs=5, metavar=("ARCH", "LOG2", "SP", "RANK", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rank:
@@ -211,13 +214,22 @@ def main(argv=None) -> int:
         print(json.dumps(run_rank(arch, int(log2), int(sp), int(rank), int(port))))
         return 0
     command = " ".join(["python bench/sequence_parallel.py", *(sys.argv[1:] if argv is None else argv)])
+    points = [(arch, log2, sp) for log2 in sorted(args.log2 or [18, 20])  # short first, larger SP first: a
+              for sp in sorted(args.sp or [1, 2], reverse=True)          # cut-short run keeps the most
+              for arch in args.arch or ["hyena", "mamba"]]
     rows: list[dict] = []
+    commands = [command]
+    if args.update and args.json.exists():
+        prior = json.loads(args.json.read_text())
+        redo = {(arch, 1 << log2, sp) for arch, log2, sp in points}
+        rows = [r for r in prior["ranks"] if (r["arch"], r["L"], r["sp"]) not in redo]
+        commands = prior.get("commands", [prior.get("command")]) + [command]
     load = os.getloadavg()[0]  # 1-minute load average of the machine (other work shares the cores)
 
     def save(done: bool) -> None:  # after every point, so an interrupted run keeps what it measured
         summary = summarize(rows)
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "complete": done, "load_avg_at_start": load,
+        args.json.write_text(json.dumps({"commands": commands, "complete": done, "load_avg_at_start": load,
                                          "load_avg_at_last_save": os.getloadavg()[0],
                                          "targets": {"peak_ratio_sp2_vs_sp1": TARGET_PEAK_RATIO,
                                                      "planner_rel_error": TARGET_PLANNER},
@@ -225,13 +237,11 @@ def main(argv=None) -> int:
         if summary:
             plot(summary, args.png)
 
-    for log2 in sorted(args.log2 or [18, 20]):  # short first, larger SP first: a cut-short run keeps the most
-        for sp in sorted(args.sp or [1, 2], reverse=True):
-            for arch in args.arch or ["hyena", "mamba"]:
-                start_load = os.getloadavg()[0]
-                rows.extend({**r, "load_avg_at_start": start_load} for r in run_point(arch, log2, sp))
-                print(json.dumps(rows[-sp:]), flush=True)
-                save(False)
+    for arch, log2, sp in points:
+        start_load = os.getloadavg()[0]
+        rows.extend({**r, "load_avg_at_start": start_load, "command": command} for r in run_point(arch, log2, sp))
+        print(json.dumps(rows[-sp:]), flush=True)
+        save(False)
     save(True)
     print(json.dumps(summarize(rows), indent=1))
     return 0 if all("error" not in r for r in rows) else 1
