@@ -172,15 +172,19 @@ def mamba_decay_product(self, delta: torch.Tensor) -> torch.Tensor:
     return _DecayProduct.apply(delta, self.A_log, self.dt_proj.bias, wide)
 
 
+def _decay(delta, A_log, bias, wide):
+    """(s, exp(A s)) with s = sum_t softplus(delta_t + bias) over dim 1, (B, Di), and A = -exp(A_log)."""
+    s = F.softplus(delta.to(wide) + bias.to(wide)).sum(dim=1)
+    return s, torch.exp(s[..., None] * -torch.exp(A_log.to(wide)))
+
+
 class _DecayProduct(torch.autograd.Function):
     """decay = exp(A s), s = sum_t softplus(delta_t + bias), A = -exp(A_log). Backward: ds = sum_n g decay A,
     d delta_t = ds sigmoid(delta_t + bias), d bias = sum_t d delta_t, d A_log = sum_b g decay s A."""
 
     @staticmethod
     def forward(ctx, delta, A_log, bias, wide):
-        A = -torch.exp(A_log.to(wide))
-        s = F.softplus(delta.to(wide) + bias.to(wide)).sum(dim=1)  # (B, Di)
-        decay = torch.exp(s[..., None] * A)
+        s, decay = _decay(delta, A_log, bias, wide)
         ctx.save_for_backward(delta, A_log, bias, s, decay)
         ctx.wide = wide
         return decay
@@ -200,15 +204,65 @@ class _DecayProduct(torch.autograd.Function):
         return d_delta.to(delta.dtype), d_A_log, d_bias, None
 
 
+LAST_STATE_CHUNK = 1 << 14  # positions of the zero-state scan differentiated at once
+
+
 def mamba_last_state(self, xc, delta, B, C) -> torch.Tensor:
-    """The final state (B, Di, N) of ``Mamba.scan`` over the slice from a zero state. D and the gate z do not
-    enter the state, so the scan runs without them: its backward then allocates no gradient for z (a (B, L, Di)
-    tensor more, alive next to the other scan's gradients)."""
+    """The final state (B, Di, N) of ``Mamba.scan`` over the slice from a zero state.
+
+    D and the gate z do not enter the state, so the scan runs without them, and its backward runs piece by piece
+    (``LAST_STATE_CHUNK`` positions, last piece first, each from its saved start state, the state gradient
+    carried back through the piece's decay product): it then holds no (B, L, Di) gradient for z or for the
+    scan's unused output next to the other scan's gradients, only the ones it returns for xc and delta."""
+    params = [p for p in (self.A_log, self.dt_proj.bias) if p.requires_grad]
+    return _ZeroStateLast.apply(self, xc, delta, B, C, *params)
+
+
+def _scan_last(self, xc, delta, B, C, h0) -> torch.Tensor:
+    """``Mamba.scan``'s final state from ``h0`` (None: zero) without D and z."""
     wide = torch.promote_types(self.A_log.dtype, torch.float32)
     _, last = kernels.selective_scan(
         xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.to(wide)), B.transpose(1, 2),
-        C.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True, return_last_state=True)
+        C.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True, initial_state=h0,
+        return_last_state=True)
     return last
+
+
+class _ZeroStateLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mixer, xc, delta, B, C, *params):
+        pieces = [(t0, min(xc.shape[1], t0 + LAST_STATE_CHUNK)) for t0 in range(0, xc.shape[1], LAST_STATE_CHUNK)]
+        starts, h = [], None
+        for t0, t1 in pieces:
+            starts.append(h)
+            h = _scan_last(mixer, xc[:, t0:t1], delta[:, t0:t1], B[:, t0:t1], C[:, t0:t1], h)
+        ctx.mixer, ctx.pieces, ctx.starts = mixer, pieces, starts
+        ctx.save_for_backward(xc, delta, B, C)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        xc, delta, B, C = ctx.saved_tensors
+        mixer = ctx.mixer
+        params = [p for p in (mixer.A_log, mixer.dt_proj.bias) if p.requires_grad]
+        dxc, ddelta, dB = torch.empty_like(xc), torch.empty_like(delta), torch.empty_like(B)
+        dparams = [torch.zeros_like(p) for p in params]
+        carry = g  # dL/d(state at the end of the piece)
+        for (t0, t1), h0 in reversed(list(zip(ctx.pieces, ctx.starts))):
+            ins = [t[:, t0:t1].detach().requires_grad_() for t in (xc, delta, B)]
+            with torch.enable_grad():
+                last = _scan_last(mixer, *ins, C[:, t0:t1], h0)
+            grads = torch.autograd.grad(last, [*ins, *params], carry.to(last.dtype), allow_unused=True)
+            del last
+            for out, grad in zip((dxc, ddelta, dB), grads[:3]):
+                out[:, t0:t1] = grad
+            for acc, grad in zip(dparams, grads[3:]):
+                if grad is not None:
+                    acc += grad
+            if t0 > 0:  # the state entering this piece reaches its end scaled by the piece's decay product
+                carry = carry * _decay(delta[:, t0:t1], mixer.A_log, mixer.dt_proj.bias, carry.dtype)[1]
+        return (None, dxc, ddelta, dB, None, *dparams)
 
 
 def _mamba_scan(self, xc, delta, B, C, z, initial_state=None, return_last_state=False):

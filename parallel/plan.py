@@ -152,11 +152,10 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         saved = a * n * (rms * d + 5 * di + r + 2 * ns) + starts
         backward = a * n * (rms * d + 8 * di + r + 4 * ns) + starts + ws  # y freed; dy, du, ddelta, dz, dB, dC
         if sp > 1:
-            # parallel.mixers scans the slice twice (from zero without D and z, then from the carried state): a
-            # second set of chunk states, and while the first scan's backward runs, the second one's du, ddelta,
-            # dz held next to its own du, ddelta and a zero gradient for its unused output (6 Di, not 4)
-            saved += starts
-            backward += starts + a * n * 2 * di
+            # parallel.mixers scans the slice twice (from zero without D and z, then from the carried state); the
+            # zero-state scan keeps no chunk states and is differentiated piece by piece, so while its backward
+            # runs the other scan's du, ddelta, dz are held next to its own du and ddelta (5 Di, not 4)
+            backward += a * n * di
         pieces.append(Piece("mamba mixer", saved, backward, ws))
     else:
         heads = cfg.transformer.n_head

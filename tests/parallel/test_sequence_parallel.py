@@ -266,3 +266,29 @@ def test_chunked_channel_filter_and_decay_product_equal_the_model(dtype, monkeyp
     assert rel(out, ref) <= tol
     for g, r in zip(torch.autograd.grad((out * w).sum(), inputs), ref_grads):
         assert rel(g, r) <= tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_state_scan_in_pieces_equals_the_model(dtype, monkeypatch):
+    """Mamba's zero-state final state, differentiated piece by piece (pieces of 48 positions over L = 300), equals
+    ``Mamba.scan``'s last state and its gradients (xc, delta, B, A_log, dt bias)."""
+    from parallel import mixers
+
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    mixer = tiny_model("mamba", 300, dtype).layers[0].mixer
+    g = torch.Generator().manual_seed(4)
+    Di, N = mixer.d_inner, mixer.d_state
+    xc, z = (torch.randn(2, 300, Di, generator=g, dtype=dtype) for _ in range(2))
+    delta = torch.randn(2, 300, Di, generator=g, dtype=dtype) * 0.5 - 2
+    B, C = (torch.randn(2, 300, N, generator=g, dtype=dtype) for _ in range(2))
+    for t in (xc, delta, B):
+        t.requires_grad_()
+    inputs = [xc, delta, B, mixer.A_log, mixer.dt_proj.bias]
+    w = torch.randn(2, Di, N, generator=g, dtype=dtype)
+    ref = mixer.scan(xc, delta, B, C, z, return_last_state=True)[1]
+    ref_grads = torch.autograd.grad((ref * w).sum(), inputs)
+    monkeypatch.setattr(mixers, "LAST_STATE_CHUNK", 48)
+    last = mixers.mamba_last_state(mixer, xc, delta, B, C)
+    assert rel(last, ref) <= tol
+    for got, want in zip(torch.autograd.grad((last * w).sum(), inputs), ref_grads):
+        assert rel(got, want) <= tol
