@@ -1,6 +1,7 @@
 """Species classification accuracy against context length, pretrained backbone vs a randomly initialised one.
 
     .venv/bin/python bench/species_context.py [--work runs/species_context] [--lengths 128,512,2048,8192] ...
+    .venv/bin/python bench/species_context.py --backbone runs/hyena_cpu_8k/export ...   # a backbone of your own
 
 The experiment of HyenaDNA §4.4 (and Mamba's great-apes task), CPU-sized, on the real genomes embedded in
 ``data/sample``:
@@ -8,12 +9,16 @@ The experiment of HyenaDNA §4.4 (and Mamba's great-apes task), CPU-sized, on th
 1. Two species tasks with ``python -m data_prep species``: *five species* (human = the GRCh38 subset, drosophila,
    C. elegans, arabidopsis, E. coli; for every record the last 10 % is test and the 10 % before it valid) and
    *great apes* (human, chimpanzee, orangutan mitochondrial genomes; last 15 % test, 15 % before it valid).
-2. A small HyenaDNA pretrained on the GRCh38 sample (``pretrain/main.py``, next-token loss, windows of
-   ``--pretrain-seq-len``, filters defined up to ``l_max = max(lengths)``), exported with ``pretrain.export``.
-3. For every task, context length and backbone (``pretrained``, ``random`` with the same architecture and seed),
-   one ``finetune/main.py`` run: full fine-tuning, mean pooling, the same number of tokens per optimizer step at
-   every length (``--tokens-per-step``; so longer contexts see fewer windows), then accuracy on a fixed number of
-   test windows (``--test-windows``).
+2. The pretrained backbone: ``--backbone DIR`` (a ``from_pretrained`` directory, e.g. the export of
+   ``configs/hyena_cpu_8k.yaml``), or else a small HyenaDNA pretrained here on the GRCh38 sample
+   (``pretrain/main.py``, next-token loss, windows of ``--pretrain-seq-len``, filters defined up to
+   ``l_max = max(lengths)``), exported with ``pretrain.export``.
+3. For every task, context length and backbone (``pretrained``, ``random`` with the pretrained one's architecture
+   and the same seed), one ``finetune/main.py`` run: full fine-tuning, mean pooling, the same number of tokens per
+   optimizer step at every length (``--tokens-per-step``; so longer contexts see fewer windows), then accuracy on a
+   fixed number of test windows (``--test-windows``, rounded up to whole micro-batches) with its 95 % Wilson
+   interval. The windows are drawn from short held-out stretches (e.g. 2.5 kb per ape genome), so at long
+   lengths they overlap and the interval, which assumes independent windows, is optimistic.
 
 Writes ``bench/results/species_context.json`` (every run's test metrics, the settings, the machine load) and
 ``bench/results/species_context.png`` (test accuracy against context length, log x axis). A length longer than a
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ARCH_KEYS = ("arch", "d_model", "n_layer", "l_max")  # what the random baseline copies from the pretrained backbone
 SAMPLE = REPO / "data" / "sample"
 PY = sys.executable
 NUCLEAR = SAMPLE / "species" / "nuclear"
@@ -78,7 +84,12 @@ def prepare_tasks(work: Path) -> dict[str, Path]:
 
 
 def pretrain(work: Path, args) -> Path:
-    """Pretrain the small backbone on the GRCh38 sample and export it (cached)."""
+    """The pretrained backbone: ``--backbone``, or a small one pretrained on the GRCh38 sample and exported (cached)."""
+    if args.backbone is not None:
+        if not (args.backbone / "config.json").is_file():
+            raise SystemExit(f"--backbone {args.backbone}: not a from_pretrained directory (no config.json); export a "
+                             f"run with python -m pretrain.export RUN --out DIR")
+        return args.backbone
     export = work / "pretrained"
     if (export / "model.safetensors").is_file():
         return export
@@ -103,16 +114,16 @@ def pretrain(work: Path, args) -> Path:
 
 def finetune(work: Path, task: str, task_dir: Path, length: int, backbone: str, export: Path, args) -> dict:
     """One fine-tuning run; its test metrics (or why it was skipped)."""
-    name = f"{task}-L{length}-{backbone}"
+    name = f"{task}-L{length}-{backbone}-lr{args.lr:g}-s{args.steps}-t{args.tokens_per_step}"
     run_dir = work / "finetune" / name
     if (run_dir / "results.json").is_file():
         return json.loads((run_dir / "results.json").read_text())
     if args.report_only:
         return {"skipped": "not run (--report-only)"}
     micro_batch = max(1, args.tokens_per_step // length)
+    arch = json.loads((export / "config.json").read_text())
     source = (["backbone.source=pretrained", f"backbone.path={export}"] if backbone == "pretrained" else
-              ["backbone.source=random", f"model.l_max={max(args.lengths)}", f"model.d_model={args.d_model}",
-               f"model.n_layer={args.n_layer}"])
+              ["backbone.source=random", *(f"model.{k}={arch[k]}" for k in ARCH_KEYS)])
     overrides = ["data.format=species", f"data.task_dir={task_dir}", f"data.seq_len={length}", "data.rc_prob=0.5",
                  f"run.out_dir={work / 'finetune'}", f"run.name={name}", f"run.seed={args.seed}", *source,
                  "head.pooling=mean", f"train.micro_batch={micro_batch}", f"train.max_steps={args.steps}",
@@ -130,6 +141,24 @@ def finetune(work: Path, task: str, task_dir: Path, length: int, backbone: str, 
     return result
 
 
+def wilson(correct: float, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a binomial proportion ``correct / n``."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def with_interval(result: dict) -> dict:
+    """Add ``accuracy_ci95`` (Wilson) to a run's test metrics."""
+    test = result.get("test")
+    if test:
+        test["accuracy_ci95"] = wilson(round(test["accuracy"] * test["examples"]), test["examples"])
+    return result
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -138,16 +167,20 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
     for ax, (task, runs) in zip(axes[0], results.items()):
-        for backbone, style in (("pretrained", "o-"), ("random", "s--")):
-            pts = [(int(L), r[backbone]["test"]["accuracy"]) for L, r in runs.items()
-                   if "test" in r.get(backbone, {})]
+        for backbone, style, shift in (("pretrained", "o-", 0.96), ("random", "s--", 1.04)):
+            pts = [(int(L) * shift, r[backbone]["test"]) for L, r in runs.items() if "test" in r.get(backbone, {})]
             if pts:
-                ax.plot(*zip(*pts), style, label=f"{backbone} backbone")
+                xs, tests = zip(*pts)
+                acc = [t["accuracy"] for t in tests]
+                err = [[a - t["accuracy_ci95"][0] for a, t in zip(acc, tests)],
+                       [t["accuracy_ci95"][1] - a for a, t in zip(acc, tests)]]
+                ax.errorbar(xs, acc, yerr=err, fmt=style, capsize=3, label=f"{backbone} backbone")
         ax.axhline(1 / len(TASKS[task][1]), color="grey", lw=0.8, ls=":", label="chance")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (bases)")
         ax.set_ylabel("test accuracy")
-        ax.set_title(task.replace("_", " "))
+        n = sorted({r[b]["test"]["examples"] for r in runs.values() for b in r if "test" in r[b]})
+        ax.set_title(f"{task.replace('_', ' ')} (test windows {'/'.join(map(str, n))}; 95 % CI)", fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -160,6 +193,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512, 2048, 8192])
     p.add_argument("--tasks", type=lambda s: s.split(","), default=list(TASKS))
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="a from_pretrained directory to fine-tune (default: pretrain one here, flags below)")
+    p.add_argument("--backbones", type=lambda s: s.split(","), default=["pretrained", "random"])
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layer", type=int, default=2)
     p.add_argument("--pretrain-seq-len", type=int, default=1024)
@@ -177,16 +213,18 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     start, load_before = time.perf_counter(), os.getloadavg()
     tasks = {name: args.work / name for name in TASKS} if args.report_only else prepare_tasks(args.work)
-    export = args.work / "pretrained" if args.report_only else pretrain(args.work, args)
+    export = (args.backbone or args.work / "pretrained") if args.report_only else pretrain(args.work, args)
     results = {}
     for task in args.tasks:
         results[task] = {}
         for length in args.lengths:
-            results[task][str(length)] = {b: finetune(args.work, task, tasks[task], length, b, export, args)
-                                          for b in ("pretrained", "random")}
+            results[task][str(length)] = {b: with_interval(finetune(args.work, task, tasks[task], length, b, export,
+                                                                    args))
+                                          for b in args.backbones}
             print(task, length, {b: r.get("test", {}).get("accuracy", r.get("skipped"))
                                  for b, r in results[task][str(length)].items()}, flush=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("work", "out")}
+    settings["backbone_config"] = json.loads((export / "config.json").read_text())
     report = {"command": "python bench/species_context.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "settings": settings, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                                 "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
