@@ -5,7 +5,8 @@ At TP = 2, TP 2 x SP 2 and TP 2 x DP 2, the logits, the loss and EVERY parameter
 shards, summed over SP, averaged over DP) equal those of the same model run whole in one process: within 1e-5
 relative in float32, 1e-10 in float64 (TP = 2, also with activation checkpointing). The gathered weights equal
 the whole model's exactly, and each rank holds less than the whole model. Errors are raised before any
-collective. Two launches: 2 processes (TP = 2), then 4 (both four-process layouts, one after the other).
+collective. The groups of ParallelDims with tp reduce over the right ranks. Two launches: 2 processes (TP = 2),
+then 4 (both four-process layouts, one after the other).
 """
 
 import pytest
@@ -105,10 +106,23 @@ def test_tp2_equals_one_process(windows, tmp_path):
 FOUR_CASES = [(arch, torch.float32, {}) for arch in ARCHS]
 
 
+def _group_sums(dims):
+    """(tp, sp, dp rank, then the sums of 2**rank over the tp, sp, dp and dp x sp groups): the sums name the ranks."""
+    sums = []
+    for group in (dims.tp_group, dims.sp_group, dims.dp_group, dims.dp_sp_group):
+        x = torch.tensor([float(2 ** dims.rank)], dtype=torch.float64)
+        dist.all_reduce(x, group=group)
+        sums.append(int(x.item()))
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (dims.tp_rank, dims.sp_rank, dims.dp_rank, *sums))
+    return every
+
+
 def _four_process_checks(windows):
     out = {}
     for dp, sp in ((1, 2), (2, 1)):
         dims = ParallelDims(dp=dp, sp=sp, tp=2).build()
+        out["groups", dp, sp] = _group_sums(dims)
         out[dp, sp] = _equivalence(dims, windows, FOUR_CASES)
     from parallel import apply_tensor_parallel
 
@@ -124,6 +138,11 @@ def _four_process_checks(windows):
 @pytest.mark.distributed
 def test_tp2_with_sp2_and_with_dp2_equal_one_process(windows, tmp_path):
     out = spawn(_four_process_checks, world=4, payload=windows, tmp=tmp_path)
+    # sums of 2**rank: {0,1}=3 {2,3}=12 {0,2}=5 {1,3}=10 {r}=2**r; rows: (tp, sp, dp rank, tp/sp/dp/dp x sp sums)
+    assert out["groups", 1, 2] == [(0, 0, 0, 3, 5, 1, 5), (1, 0, 0, 3, 10, 2, 10), (0, 1, 0, 12, 5, 4, 5),
+                                   (1, 1, 0, 12, 10, 8, 10)]  # dp 1 x sp 2 x tp 2
+    assert out["groups", 2, 1] == [(0, 0, 0, 3, 1, 5, 5), (1, 0, 0, 3, 2, 10, 10), (0, 0, 1, 12, 4, 5, 5),
+                                   (1, 0, 1, 12, 8, 10, 10)]  # dp 2 x sp 1 x tp 2
     _assert_equivalent(out[1, 2], len(FOUR_CASES))  # TP 2 x SP 2
     _assert_equivalent(out[2, 1], len(FOUR_CASES))  # TP 2 x DP 2
     assert "model.d_model / parallel.tensor=9 is not divisible by parallel.sequence=2" in out["error"]
