@@ -10,7 +10,7 @@ The experiment of HyenaDNA §4.4 (and Mamba's great-apes task), CPU-sized, on th
    C. elegans, arabidopsis, E. coli; for every record the last 10 % is test and the 10 % before it valid) and
    *great apes* (human, chimpanzee, orangutan mitochondrial genomes; last 15 % test, 15 % before it valid).
 2. The pretrained backbone: ``--backbone DIR`` (a ``from_pretrained`` directory, e.g. the export of
-   ``configs/hyena_cpu_8k.yaml``), or else a small HyenaDNA pretrained here on the GRCh38 sample
+   ``bench/hyena_cpu_8k.yaml``), or else a small HyenaDNA pretrained here on the GRCh38 sample
    (``pretrain/main.py``, next-token loss, windows of ``--pretrain-seq-len``, filters defined up to
    ``l_max = max(lengths)``), exported with ``pretrain.export``.
 3. For every task, context length and backbone (``pretrained``, ``random`` with the pretrained one's architecture

@@ -28,3 +28,17 @@ def test_wilson_interval(wilson):
     lo, hi = wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+
+
+def test_backbone_config_resolves_and_splits_its_batches():
+    from pretrain.args import resolve
+    from pretrain.schedule import batch_split
+
+    cfg = resolve(gb.REPO / "bench" / "hyena_cpu_8k.yaml", [])
+    assert cfg.train.seq_lens() == [1024, 2048, 4096, 8192] and cfg.model.l_max == 8192
+    assert (cfg.train.max_steps, cfg.train.schedule_steps()) == (100, 120)
+    for dp in (1, 2, 4):
+        for seq_len in cfg.train.seq_lens():
+            mb, ga = batch_split(tokens_per_step=cfg.train.tokens_per_step, seq_len=seq_len, dp=dp,
+                                 micro_batch_tokens=cfg.train.micro_batch_tokens)
+            assert mb * ga * dp * seq_len == cfg.train.tokens_per_step
