@@ -86,7 +86,8 @@ def check_tensor_parallel(cfg, tp: int, sp: int = 1) -> None:
 
 def _divisible(name: str, value: int, by: int, why: str, degree: str = "parallel.tensor") -> None:
     if value % by:
-        raise ValueError(f"{name}={value} is not divisible by {degree}={by}: {why}")
+        raise ValueError(f"{name}={value} is not divisible by {degree}={by}: {why}; choose a {degree} that divides "
+                         f"{value} (e.g. 1)")
 
 
 # ---------------------------------------------------------------------------------------------------------
