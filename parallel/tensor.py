@@ -307,3 +307,31 @@ def gather_tensor_parallel_state_dict(model: nn.Module, dims: ParallelDims) -> d
         p = params.get(key)
         out[key] = gather_tensor_parallel(value, None if p is None else tensor_parallel_spec(p), dims)
     return out
+
+
+def tensor_parallel_specs(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{state-dict key: (dim, stride)}`` of every split parameter of a tensor-parallel model (every name of a
+    shared parameter included): what :func:`merge_tensor_parallel_state_dicts` needs to join saved shards."""
+    return {name: spec for name, p in model.named_parameters(remove_duplicate=False)
+            if (spec := tensor_parallel_spec(p)) is not None}
+
+
+def merge_tensor_parallel_state_dicts(shards: list[dict], specs: dict[str, tuple[int, int]]) -> dict:
+    """The unsplit model's state dict from every TP rank's state dict (in TP-rank order, e.g. DeepSpeed's
+    ``mp_rank_XX_model_states.pt`` modules), without any process group. Split keys (``specs``, from
+    :func:`tensor_parallel_specs`) are joined; every other key must hold the same tensor on every rank (a
+    ``ValueError`` names the first that does not: those files do not belong to one checkpoint)."""
+    keys = [k for k in shards[0] if not k.endswith("_extra_state")]
+    for r, shard in enumerate(shards[1:], 1):
+        if set(k for k in shard if not k.endswith("_extra_state")) != set(keys):
+            raise ValueError(f"the state dicts of TP ranks 0 and {r} hold different keys: not one checkpoint")
+    out = {}
+    for k in keys:
+        if k in specs:
+            out[k] = merge_shards([shard[k] for shard in shards], *specs[k])
+            continue
+        for r, shard in enumerate(shards[1:], 1):
+            if not torch.equal(shard[k], shards[0][k]):
+                raise ValueError(f"{k} is replicated but differs between TP ranks 0 and {r}: not one checkpoint")
+        out[k] = shards[0][k]
+    return out

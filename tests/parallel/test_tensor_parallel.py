@@ -16,7 +16,8 @@ from sp_harness import TOL, hg38_windows, tiny_model
 from tp_harness import compare_to_single_process, spawn
 
 from models.config import ModelConfig, from_dict
-from parallel import ParallelDims, check_tensor_parallel, merge_shards, shard_tensor
+from parallel import (ParallelDims, check_tensor_parallel, merge_shards, merge_tensor_parallel_state_dicts,
+                      shard_tensor)
 
 ARCHS = ("hyena", "mamba", "transformer")
 
@@ -190,3 +191,18 @@ def test_shards_of_fused_pieces_merge_back(stride):
     assert torch.equal(merge_shards(shards, 0, stride), full)
     cols = [shard_tensor(full, r, 2, 1) for r in range(2)]
     assert torch.equal(cols[1], full[:, 3:]) and torch.equal(merge_shards(cols, 1), full)
+
+
+def test_saved_shards_merge_offline_and_foreign_files_are_refused():
+    full = {"w": torch.arange(12.0).view(6, 2), "b": torch.ones(3), "x._extra_state": None}
+    specs = {"w": (0, 3)}
+    shards = [{"w": shard_tensor(full["w"], r, 2, 0, 3), "b": full["b"].clone(), "x._extra_state": None}
+              for r in range(2)]
+    merged = merge_tensor_parallel_state_dicts(shards, specs)
+    assert merged.keys() == {"w", "b"} and torch.equal(merged["w"], full["w"]) and torch.equal(merged["b"], full["b"])
+    shards[1]["b"] = shards[1]["b"] + 1
+    with pytest.raises(ValueError, match="b is replicated but differs between TP ranks 0 and 1"):
+        merge_tensor_parallel_state_dicts(shards, specs)
+    del shards[1]["b"]
+    with pytest.raises(ValueError, match="hold different keys"):
+        merge_tensor_parallel_state_dicts(shards, specs)

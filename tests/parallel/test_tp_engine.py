@@ -6,7 +6,8 @@ clipping on). After the engine's backward (ZeRO's reduction over the two data-pa
 TP shard), every parameter's gradient, gathered from the TP shards, equals the single-process gradient of the mean
 of the data-parallel groups' losses within 1e-5 relative; the norm DeepSpeed clips with equals the whole model's
 gradient norm (squares of the shards summed over TP, replicated parameters counted once); each rank's optimizer
-holds half of its TP rank's parameters' state. A checkpoint is written per TP rank and a fresh engine loads it back exactly.
+holds half of its TP rank's parameters' state. A checkpoint is written per TP rank, a fresh engine loads it back
+exactly, and its per-TP-rank module files join offline into the whole model's weights.
 """
 
 import copy
@@ -48,7 +49,7 @@ def _engine_checks(payload):
 
     from models import build_model
     from parallel import ParallelDims, gather_tensor_parallel, gather_tensor_parallel_state_dict, \
-        tensor_parallel_spec
+        merge_tensor_parallel_state_dicts, tensor_parallel_spec, tensor_parallel_specs
     from parallel.sequence import _ensure_deepspeed_comm
     from pretrain.loss import lm_loss
 
@@ -96,11 +97,20 @@ def _engine_checks(payload):
         reload_diff = max(float((saved[k] - loaded[k]).abs().max()) for k in saved)
         optim_diff = max(float((x - y).abs().max()) for x, y in zip(engine.optimizer.single_partition_of_fp32_groups,
                                                                    fresh.optimizer.single_partition_of_fp32_groups))
-        files = sorted(os.listdir(os.path.join(ckpt, "t"))) if dims.rank == 0 else []
-        errs = torch.tensor([worst, abs(norm - ref_norm) / ref_norm, reload_diff, optim_diff], dtype=torch.float64)
+        files, merge_diff = [], 0.0
+        if dims.rank == 0:  # offline: join the per-TP-rank module files of the checkpoint
+            files = sorted(os.listdir(os.path.join(ckpt, "t")))
+            modules = [torch.load(os.path.join(ckpt, "t", f"mp_rank_{t:02d}_model_states.pt"), map_location="cpu",
+                                  weights_only=False)["module"] for t in range(dims.tp)]
+            merged = merge_tensor_parallel_state_dicts(modules, tensor_parallel_specs(model))
+            assert merged.keys() == saved.keys(), sorted(set(merged) ^ set(saved))
+            merge_diff = max(float((merged[k] - saved[k]).abs().max()) for k in saved)
+        errs = torch.tensor([worst, abs(norm - ref_norm) / ref_norm, reload_diff, optim_diff, merge_diff],
+                            dtype=torch.float64)
         dist.all_reduce(errs, op=dist.ReduceOp.MAX)
         out[arch, zero] = {"grad": errs[0].item(), "param": where, "norm": errs[1].item(), "reload": errs[2].item(),
-                           "optim": errs[3].item(), "files": files, "held": held, "local": local,
+                           "optim": errs[3].item(), "merge": errs[4].item(), "files": files,
+                           "held": held, "local": local,
                            "ref_norm": ref_norm, "local_norm": math.sqrt(local_sq)}
     return out
 
@@ -116,5 +126,5 @@ def test_zero_with_tensor_parallelism_equals_one_process(hg38_subset, tmp_path):
         # the norm of this rank's shards alone is not it (so the check above can fail)
         assert abs(r["local_norm"] - r["ref_norm"]) / r["ref_norm"] > 1e-3, (where, r)
         assert r["held"] <= r["local"] / 2 + 64, (where, r)  # ZeRO splits this TP rank's parameters over 2 DP ranks
-        assert r["reload"] == 0.0 and r["optim"] == 0.0, (where, r)
+        assert r["reload"] == 0.0 and r["optim"] == 0.0 and r["merge"] == 0.0, (where, r)
         assert {"mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"} <= set(r["files"]), (where, r["files"])
