@@ -204,6 +204,7 @@ def validate(cfg: FinetuneConfig) -> None:
     _one_of(cfg.parallel.zero_stage, (0, 1, 2, 3), "parallel.zero_stage")
     _one_of(cfg.parallel.backend, BACKENDS, "parallel.backend")
     _require(cfg.parallel.sequence == 1, "parallel.sequence must be 1 for fine-tuning (whole sequences per rank)")
+    _require(cfg.parallel.tensor == 1, "parallel.tensor must be 1 for fine-tuning (no tensor parallelism there)")
     _one_of(cfg.kernels.fftconv, KERNEL_IMPLS, "kernels.fftconv")
     _one_of(cfg.kernels.scan, KERNEL_IMPLS, "kernels.scan")
     for key in OWNED_DEEPSPEED_KEYS:

@@ -202,8 +202,8 @@ class CheckpointManager:
         """Load ``path`` into ``engine``; return ``(trainer_state, this rank's rank_state)``. Collective.
 
         The loader positions and ZeRO partitions belong to the process layout that wrote them, so resuming with
-        a different number of processes, or (``layout``: ``{"dp", "sp"}``) another data x sequence-parallel split
-        of them, is refused.
+        a different number of processes, or (``layout``: ``{"dp", "sp", "tp"}``) another data x sequence x
+        tensor-parallel split of them, is refused.
         """
         trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
         if trainer_state["world_size"] != self.world_size:
@@ -211,13 +211,16 @@ class CheckpointManager:
                 f"{path} was written by {trainer_state['world_size']} processes but this run has {self.world_size}: "
                 f"resume with the same number of processes (or export it and start a new run from the weights)"
             )
-        saved = {"dp": trainer_state.get("dp"), "sp": trainer_state.get("sp", 1)}
+        saved = {"dp": trainer_state.get("dp"), "sp": trainer_state.get("sp", 1), "tp": trainer_state.get("tp", 1)}
+        layout = None if layout is None else {"tp": 1, **layout}
         if layout is not None and saved["dp"] is not None and saved != layout:
             raise ValueError(
-                f"{path} was written with {saved['dp']} data-parallel x parallel.sequence={saved['sp']} ranks but "
-                f"this run has {layout['dp']} x parallel.sequence={layout['sp']}: the stream deals windows per "
-                f"data-parallel rank, so the run cannot continue exactly. Resume with parallel.sequence={saved['sp']}"
-                f", or start a new run from its weights with train.init_from={path} (step 0, new optimizer)"
+                f"{path} was written with {_layout_text(saved)} ranks but this run has "
+                f"{_layout_text(layout).replace(' data-parallel', '')}: the "
+                f"stream deals windows per data-parallel rank and ZeRO's files follow the split, so the run cannot "
+                f"continue exactly. Resume with parallel.sequence={saved['sp']}"
+                + (f" parallel.tensor={saved['tp']}" if saved["tp"] != 1 or layout["tp"] != 1 else "")
+                + f", or start a new run from its weights with train.init_from={path} (step 0, new optimizer)"
             )
         load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
@@ -225,3 +228,9 @@ class CheckpointManager:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
         own = path / "rank_state" / f"rank-{self.rank:05d}.pt"
         return trainer_state, torch.load(own, map_location="cpu", weights_only=False)
+
+
+def _layout_text(layout: dict) -> str:
+    """``2 data-parallel x parallel.sequence=1`` (``x parallel.tensor=T`` when T > 1)."""
+    text = f"{layout['dp']} data-parallel x parallel.sequence={layout['sp']}"
+    return text + (f" x parallel.tensor={layout['tp']}" if layout.get("tp", 1) != 1 else "")

@@ -6,6 +6,7 @@
 or a run directory. The checkpoint is verified against its manifest first. ZeRO checkpoints (stages 1-3, and
 bf16 runs) are gathered from the optimizer's fp32 master partitions with DeepSpeed's offline reader, so no
 process group and no GPU is needed; fp32 runs without ZeRO store the whole module and are read directly.
+Tensor-parallel runs (fp32) store one module file per TP rank, joined by the split specs saved with them.
 """
 
 from __future__ import annotations
@@ -63,13 +64,35 @@ def _with_aliases(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dic
 
 
 def _fp32_state_dict(ckpt: Path, cfg) -> dict[str, torch.Tensor]:
-    if cfg.parallel.zero_stage > 0 or cfg.train.precision != "fp32":
+    if cfg.parallel.tensor > 1:
+        state = _merged_tensor_parallel_state_dict(ckpt, cfg)
+    elif cfg.parallel.zero_stage > 0 or cfg.train.precision != "fp32":
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     else:
         state = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _merged_tensor_parallel_state_dict(ckpt: Path, cfg) -> dict[str, torch.Tensor]:
+    """The whole model from the per-TP-rank module files of an fp32 ZeRO 1 / 2 checkpoint (their weights are the
+    fp32 masters), joined by the split specs the trainer saved with it."""
+    from parallel import merge_tensor_parallel_state_dicts
+
+    tp = cfg.parallel.tensor
+    if cfg.train.precision != "fp32":
+        raise ValueError(f"{ckpt} is a {cfg.train.precision} run with parallel.tensor={tp}: exporting it needs the "
+                         f"fp32 master partitions of every tensor-parallel rank, which is not supported yet (fp32 "
+                         f"tensor-parallel runs export)")
+    specs = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False).get("tensor_parallel_specs")
+    files = [ckpt / f"mp_rank_{t:02d}_model_states.pt" for t in range(tp)]
+    missing = [f.name for f in files if not f.is_file()]
+    if specs is None or missing:
+        raise ValueError(f"{ckpt} does not hold the {tp} tensor-parallel model files and their split specs "
+                         f"(missing: {', '.join(missing) or 'tensor_parallel_specs in trainer_state.pt'})")
+    shards = [torch.load(f, map_location="cpu", weights_only=False)["module"] for f in files]
+    return merge_tensor_parallel_state_dicts(shards, specs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from data_prep.format import load_manifest
-from parallel import ParallelDims, SequenceDataParallelMPU, apply_sequence_parallel
+from parallel import (ParallelDims, SequenceDataParallelMPU, apply_sequence_parallel, apply_tensor_parallel,
+                      tensor_parallel_specs)
 from pretrain import args as cfg_io
 from pretrain.build import build_engine, set_stage_geometry
 from pretrain.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -38,7 +39,7 @@ class Trainer:
         self.cfg = cfg
         self.stop = StopRequest()  # first: a signal during set-up still ends in a clean save
         self.rank, self.world_size, self.device = init_distributed(cfg.parallel.backend)
-        self.dims = ParallelDims.from_world(self.world_size, cfg.parallel.sequence).build()
+        self.dims = ParallelDims.from_world(self.world_size, cfg.parallel.sequence, cfg.parallel.tensor).build()
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.config_yaml = cfg_io.dump_yaml(cfg)
         check_resume_config(self.run_dir, self.config_yaml)  # before this config replaces the run's config.yaml
@@ -48,10 +49,13 @@ class Trainer:
         self.train_stream = make_stream(cfg, self.dims, split=cfg.data.train_split, train=True)
         self.stages = build_plan(cfg, self.dims)
         model = _build_model(cfg)
-        # Before SP wraps the mixers and the engine (with ZeRO-3 partitions) the parameters; a resume overwrites them.
+        # Before TP splits the layers, SP wraps the mixers and the engine (with ZeRO-3 partitions) the parameters; a
+        # resume overwrites them.
         init_from = load_init_weights(model, cfg.train.init_from) if cfg.train.init_from else None
+        model = apply_tensor_parallel(model, self.dims)  # a no-op without TP; before SP, which splits what it leaves
         self.model = apply_sequence_parallel(model, self.dims)  # a no-op without SP
-        mpu = SequenceDataParallelMPU(self.dims) if self.dims.sp_enabled else None  # ZeRO over dp x sp ranks
+        # ZeRO over the dp x sp ranks holding the same TP shard; the TP group as DeepSpeed's model-parallel group
+        mpu = SequenceDataParallelMPU(self.dims) if self.dims.sp_enabled or self.dims.tp_enabled else None
         self.engine = build_engine(self.model, cfg, self.stages[0], self.dims.dp, mpu=mpu)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.train.keep_checkpoints,
                                       rank=self.rank, world_size=self.world_size, barrier=dist.barrier)
@@ -146,7 +150,8 @@ class Trainer:
             raise RuntimeError("a non-finite loss reached an applied optimizer step; the weights are not trustworthy")
         self.step += 1
         self.tokens += self.cfg.train.tokens_per_step
-        count = len(losses) * self.dims.dp  # the slices of one SP group add up to one micro-batch's loss
+        # the slices of one SP group add up to one micro-batch's loss; the TP ranks of a group each hold all of it
+        count = len(losses) * self.dims.dp * self.dims.tp
         grad_norm = self.engine.get_global_grad_norm()
         return {"loss": agreed[0].item() / count if not nonfinite else math.nan, "nonfinite": nonfinite, "lr": lr,
                 "stop": agreed[2].item() > 0, "interrupted": agreed[3].item() > 0,
@@ -161,7 +166,7 @@ class Trainer:
         loss_sum, weight_sum, _ = eval_sums(self.engine, stream, self.device, cfg.train.eval_batches)
         self.engine.train()
         sums = torch.tensor([loss_sum, weight_sum], dtype=torch.float64)
-        dist.all_reduce(sums)
+        dist.all_reduce(sums, group=self.dims.dp_sp_group)  # the TP ranks of a group see the same tokens: once
         loss = sums[0].item() / max(sums[1].item(), 1e-12)
         record = {"step": self.step, "tokens": self.tokens, "seq_len": self.stage.seq_len, "loss": loss,
                   "ppl": perplexity(loss), "eval_tokens": int(sums[1].item())}
@@ -210,7 +215,9 @@ class Trainer:
         """``(trainer_state, rank_state)``: what a checkpoint holds beside DeepSpeed's model/optimizer/schedule."""
         trainer = {"step": self.step, "tokens": self.tokens, "stage": self.stage.index,
                    "nonfinite_run": self.nonfinite_run, "world_size": self.world_size,
-                   "dp": self.dims.dp, "sp": self.dims.sp}
+                   "dp": self.dims.dp, "sp": self.dims.sp, "tp": self.dims.tp}
+        if self.dims.tp_enabled:  # how the per-TP-rank model files join (pretrain.export)
+            trainer["tensor_parallel_specs"] = tensor_parallel_specs(self.model)
         return trainer, {"loader": self.train_stream.state_dict(), "rng": rng_state()}
 
     def save(self) -> Path:
@@ -224,7 +231,7 @@ class Trainer:
         dist.broadcast_object_list(choice, src=0)
         if choice[0] is None:
             return False
-        layout = {"dp": self.dims.dp, "sp": self.dims.sp}
+        layout = {"dp": self.dims.dp, "sp": self.dims.sp, "tp": self.dims.tp}
         trainer, rank = self.ckpt.load(self.engine, Path(choice[0]), layout=layout)
         self.step, self.tokens = trainer["step"], trainer["tokens"]
         self.nonfinite_run = trainer["nonfinite_run"]

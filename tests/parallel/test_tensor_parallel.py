@@ -9,6 +9,8 @@ collective. The groups of ParallelDims with tp reduce over the right ranks. Two 
 then 4 (both four-process layouts, one after the other).
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -206,3 +208,29 @@ def test_saved_shards_merge_offline_and_foreign_files_are_refused():
     del shards[1]["b"]
     with pytest.raises(ValueError, match="hold different keys"):
         merge_tensor_parallel_state_dicts(shards, specs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.tensor=2", "parallel.zero_stage=0"], "parallel.tensor=2 needs parallel.zero_stage=1 or 2"),
+    (["parallel.tensor=2", "parallel.zero_stage=3"], "parallel.tensor=2 needs parallel.zero_stage=1 or 2"),
+    (["parallel.tensor=3", "parallel.zero_stage=1", "model.d_model=32"],
+     "model.d_model=32 is not divisible by parallel.tensor=3"),
+    (["parallel.tensor=2", "parallel.sequence=4", "parallel.zero_stage=1", "model.d_model=36", "model.d_inner=72"],
+     r"model.d_model / parallel.tensor=18 is not divisible by parallel.sequence=4"),
+])
+def test_training_config_refuses_bad_tensor_parallel_settings(overrides, message):
+    from pretrain.args import resolve
+
+    with pytest.raises(ValueError, match=message):
+        resolve(None, ["data.path=unused", *overrides])
+
+
+def test_finetuning_config_refuses_tensor_parallelism():
+    import yaml
+
+    from finetune.config import build_config
+
+    data = yaml.safe_load((Path(__file__).parents[2] / "configs/finetune/demo_human_or_worm.yaml").read_text())
+    data.setdefault("parallel", {})["tensor"] = 2
+    with pytest.raises(ValueError, match="parallel.tensor must be 1 for fine-tuning"):
+        build_config(data)
