@@ -12,7 +12,6 @@ function                               forward                       backward
 :func:`seq_to_channel`                 (B, Ls, C) -> (B, L, C/P)     channel -> sequence all-to-all
 :func:`channel_to_seq`                 (B, L, C/P) -> (B, Ls, C)     sequence -> channel all-to-all
 :func:`halo_exchange`                  (B, Ls, C) -> (B, w+Ls, C)    the halo's gradient goes back to rank r-1
-:func:`halo_conv`                      conv of the above, cut to Ls  the same (saves only x and the halo)
 :func:`all_gather_stack`               x -> (P, *x.shape)            reduce-scatter (an all-to-all, then a sum)
 ====================================  ============================  ==========================================
 
@@ -227,50 +226,6 @@ def halo_exchange(x: torch.Tensor, width: int, group, tag: str = "") -> torch.Te
     if width == 0:
         return x
     return _Halo.apply(x, width, group, tag)
-
-
-class _HaloConv(torch.autograd.Function):
-    """``conv(halo + x)[:, width:]`` keeping only ``x`` and the halo: the backward rebuilds the concatenation."""
-
-    @staticmethod
-    def forward(ctx, x, conv, width, group, tag, *params):
-        ctx.conv, ctx.width, ctx.group, ctx.tag, ctx.params = conv, width, group, tag, params
-        halo = _shift_to_next(x[:, x.shape[1] - width:], group, tag, FORWARD, backwards=False)
-        if halo is None:  # rank 0: the zeros of causal left padding
-            halo = x.new_zeros(x.shape[0], width, *x.shape[2:])
-        ctx.save_for_backward(x, halo)
-        with torch.no_grad():
-            return conv(torch.cat([halo, x], dim=1))[:, width:]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, halo = ctx.saved_tensors
-        w = ctx.width
-        xh = torch.cat([halo, x], dim=1).requires_grad_()
-        with torch.enable_grad():
-            y = ctx.conv(xh)[:, w:]
-        dxh, *dparams = torch.autograd.grad(y, [xh, *ctx.params], dy, allow_unused=True)
-        del xh, y
-        from_next = _shift_to_next(dxh[:, :w], ctx.group, ctx.tag, BACKWARD, backwards=True)
-        dx = dxh[:, w:]
-        if from_next is not None:
-            dx[:, dx.shape[1] - w:] += from_next
-        return (dx, None, None, None, None, *dparams)
-
-
-def halo_conv(x: torch.Tensor, conv, params, width: int, group, tag: str = "") -> torch.Tensor:
-    """``conv(halo_exchange(x, width))[:, width:]`` for a causal ``conv`` of ``width + 1`` taps along dim 1 whose
-    trainable tensors are ``params``, without keeping the (B, width+Ls, ...) concatenation for the backward:
-    only ``x`` and the halo are saved, and the backward concatenates and runs ``conv`` again (cheap next to the
-    memory: a convolution's input is as large as the activations it saves). Same bytes as :func:`halo_exchange`."""
-    if width < 0 or x.dim() < 2 or x.shape[1] < width:
-        raise ValueError(f"halo_exchange: each rank's slice must hold at least width={width} positions along "
-                         f"dim 1, got shape {tuple(x.shape)}: use longer windows or a smaller sequence-parallel "
-                         f"degree")
-    if width == 0:
-        return conv(x)
-    return _HaloConv.apply(x, conv, width, group, tag, *[p for p in params if p.requires_grad])
 
 
 # ---------------------------------------------------------------------------------------------------------

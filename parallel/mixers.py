@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from parallel.collectives import (BACKWARD, FORWARD, all_gather_stack, channel_to_seq, halo_conv, halo_exchange,
-                                  record, seq_to_channel)
+from parallel.collectives import (BACKWARD, FORWARD, all_gather_stack, channel_to_seq, halo_exchange, record,
+                                  seq_to_channel)
 
 
 @dataclass
@@ -53,18 +53,13 @@ def _install(module: nn.Module, name: str, fn) -> None:
     setattr(module, name, types.MethodType(fn, module))
 
 
-def _local_conv(self, orig, conv: nn.Conv1d, x: torch.Tensor, rebuild: bool = False) -> torch.Tensor:
+def _local_conv(self, orig, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """The causal conv ``orig`` (``conv``'s taps) on this rank's slice: halo, convolve, drop the halo's outputs.
-
-    The conv keeps its halo-extended input for the backward, a copy of ``x``. With ``rebuild`` it keeps ``x`` and
-    the halo instead and concatenates them again in the backward (:func:`halo_conv`): cheaper where ``x`` stays
-    alive anyway (Mamba's conv input is a view of in_proj's output, which the gate z keeps), dearer where the
-    copy would have replaced it (Hyena's in_proj output has no other user, and the rebuild adds a tensor of its
-    size to the backward's peak)."""
+    (The conv keeps the halo-extended copy of ``x`` for its backward. Keeping ``x`` and the halo instead and
+    concatenating again in the backward measured worse for both mixers: the recomputed concatenation and conv
+    output land on the backward's peak.)"""
     sp: SPState = self._sp
     width = conv.kernel_size[0] - 1
-    if rebuild:
-        return halo_conv(x, orig, list(conv.parameters()), width, sp.group, sp.tag)
     return orig(halo_exchange(x, width, sp.group, sp.tag))[:, width:]
 
 
@@ -161,7 +156,7 @@ def wrap_hyena(module: nn.Module, sp: SPState) -> None:
 
 
 def _mamba_conv(self, xin: torch.Tensor) -> torch.Tensor:
-    return _local_conv(self, self._sp_orig_conv, self.conv1d, xin, rebuild=True)
+    return _local_conv(self, self._sp_orig_conv, self.conv1d, xin)
 
 
 def mamba_decay_product(self, delta: torch.Tensor) -> torch.Tensor:
