@@ -1,13 +1,14 @@
 """DeepSpeed ZeRO with tensor parallelism: gradients, the clipping norm and checkpoints per TP rank.
 
 On TP 2 x DP 2 gloo processes, the app's own pieces (``apply_tensor_parallel``, ``SequenceDataParallelMPU``,
-``build_engine``, ``lm_loss``) run one micro-batch of real hg38 windows through the engine (ZeRO 1 and 2, gradient
-clipping on). After the engine's backward (ZeRO's reduction over the two data-parallel ranks that hold the same
-TP shard), every parameter's gradient, gathered from the TP shards, equals the single-process gradient of the mean
-of the data-parallel groups' losses within 1e-5 relative; the norm DeepSpeed clips with equals the whole model's
-gradient norm (squares of the shards summed over TP, replicated parameters counted once); each rank's optimizer
-holds half of its TP rank's parameters' state. A checkpoint is written per TP rank, a fresh engine loads it back
-exactly, and its per-TP-rank module files join offline into the whole model's weights.
+``build_engine``, ``lm_loss``) run one micro-batch of real hg38 windows through the engine (ZeRO 1 for the three
+architectures, ZeRO 2 for mamba too, gradient clipping on): the logits and the loss equal one process within 1e-5.
+After the engine's backward (ZeRO's reduction over the two data-parallel ranks that hold the same TP shard), every
+parameter's gradient, gathered from the TP shards, equals the single-process gradient of the mean of the
+data-parallel groups' losses within 1e-5 relative; the norm DeepSpeed clips with equals the whole model's gradient
+norm (squares of the shards summed over TP, replicated parameters counted once); each rank's optimizer holds half
+of its TP rank's parameters' state. A checkpoint is written per TP rank, a fresh engine loads it back exactly, and
+its per-TP-rank module files join offline into the whole model's weights.
 """
 
 import copy
@@ -21,7 +22,7 @@ from sp_harness import hg38_windows, rel
 from tp_harness import spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-CASES = [("hyena", 1), ("mamba", 2), ("transformer", 1)]
+CASES = [("hyena", 1), ("mamba", 1), ("transformer", 1), ("mamba", 2)]
 
 
 def _cfg(arch: str, zero: int):
@@ -66,13 +67,19 @@ def _engine_checks(payload):
         torch.manual_seed(0)
         model = build_model(cfg.model)
         ref = copy.deepcopy(model)
-        ref_loss = torch.stack([lm_loss(ref(ids[d * b:(d + 1) * b]), labels[d * b:(d + 1) * b],
-                                        mask[d * b:(d + 1) * b]) for d in range(dims.dp)]).mean()
+        ref_logits = ref(ids)
+        ref_losses = [lm_loss(ref_logits[d * b:(d + 1) * b], labels[d * b:(d + 1) * b], mask[d * b:(d + 1) * b])
+                      for d in range(dims.dp)]
+        ref_loss = torch.stack(ref_losses).mean()
         ref_loss.backward()
         ref_norm = math.sqrt(sum(float(q.grad.double().square().sum()) for q in ref.parameters()))
 
         engine = _engine(model, cfg, dims, b)
-        engine.backward(lm_loss(engine(ids[rows]), labels[rows], mask[rows]))
+        logits = engine(ids[rows])
+        loss = lm_loss(logits, labels[rows], mask[rows])
+        engine.backward(loss)
+        logits_err = rel(logits, ref_logits[rows])
+        loss_err = rel(loss, ref_losses[dims.dp_rank])
         worst, where, local_sq = 0.0, None, 0.0
         ref_params = dict(ref.named_parameters())
         for name, p in model.named_parameters():
@@ -105,11 +112,12 @@ def _engine_checks(payload):
             merged = merge_tensor_parallel_state_dicts(modules, tensor_parallel_specs(model))
             assert merged.keys() == saved.keys(), sorted(set(merged) ^ set(saved))
             merge_diff = max(float((merged[k] - saved[k]).abs().max()) for k in saved)
-        errs = torch.tensor([worst, abs(norm - ref_norm) / ref_norm, reload_diff, optim_diff, merge_diff],
-                            dtype=torch.float64)
+        errs = torch.tensor([worst, abs(norm - ref_norm) / ref_norm, reload_diff, optim_diff, merge_diff, logits_err,
+                             loss_err], dtype=torch.float64)
         dist.all_reduce(errs, op=dist.ReduceOp.MAX)
         out[arch, zero] = {"grad": errs[0].item(), "param": where, "norm": errs[1].item(), "reload": errs[2].item(),
-                           "optim": errs[3].item(), "merge": errs[4].item(), "files": files,
+                           "optim": errs[3].item(), "merge": errs[4].item(), "logits": errs[5].item(),
+                           "loss": errs[6].item(), "files": files,
                            "held": held, "local": local,
                            "ref_norm": ref_norm, "local_norm": math.sqrt(local_sq)}
     return out
@@ -121,6 +129,7 @@ def test_zero_with_tensor_parallelism_equals_one_process(hg38_subset, tmp_path):
     assert set(out) == set(CASES)
     for (arch, zero), r in out.items():
         where = f"{arch} ZeRO-{zero}"
+        assert r["logits"] <= 1e-5 and r["loss"] <= 1e-5, (where, r)
         assert r["grad"] <= 1e-5, f"{where}: gradient of {r['param']} differs by {r['grad']:.2e}"
         assert r["norm"] <= 1e-5, f"{where}: clipping norm off by {r['norm']:.2e} (whole model {r['ref_norm']:.4g})"
         # the norm of this rank's shards alone is not it (so the check above can fail)
