@@ -13,11 +13,17 @@ Sharding follows megatron's parameter attributes (``tensor_model_parallel``, ``p
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from megatron.core.model_parallel_config import ModelParallelConfig
-from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear, \
-    set_tensor_model_parallel_attributes
 from torch import nn
+
+# megatron-core warns at import that apex / Transformer Engine are absent; its torch fallbacks are what we use
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    from megatron.core.model_parallel_config import ModelParallelConfig
+    from megatron.core.tensor_parallel.layers import (ColumnParallelLinear, RowParallelLinear,
+                                                      set_tensor_model_parallel_attributes)
 
 from parallel.tensor import TPState, carry_attributes, shard_tensor, sum_grad
 
