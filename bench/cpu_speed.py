@@ -1,6 +1,6 @@
 """One CPU training step, longdna against the reference, measured side by side: step time and peak RSS.
 
-    python bench/cpu_speed.py               # hyena L = 2^10 .. 2^18, mamba 2^10 .. 2^16 (~15 min on 2 shared cores)
+    python bench/cpu_speed.py               # hyena and mamba L = 2^10 .. 2^18 (~20 min on 2 quiet cores)
     python bench/cpu_speed.py --arch hyena --max-log2 14 --json /tmp/h.json
 
 Model: d_model 128 × 2 layers, batch 1, float32, forward + loss + backward, ``torch.set_num_threads(2)``.
@@ -18,7 +18,8 @@ Each (arch, impl, L) point runs in a fresh subprocess, so its peak RSS (``ru_max
 inside it, one short warm-up step (L <= 1024), then ``reps`` timed steps (the median is reported). Points are
 interleaved (for each L every contender in turn, the order alternating from one L to the next) so a change in
 the machine's load hits all contenders alike; the 1-minute load average is recorded around every point and at
-the start and end. ``ratio_*`` = longdna / reference for the same L. The mamba reference materialises
+the start and end. ``ratio_*`` = longdna / reference for the same L; ``ratio_rss_*`` compares raw peaks,
+``ratio_step_rss_*`` peaks minus the RSS just before the model is built (python + torch, ~0.25 GB on both sides). The mamba reference materialises
 (B, D, L, N) tensors and loops over time in Python: points whose estimated memory exceeds ``--ref-mem-gb`` are
 skipped (and marked so). Prints one JSON line per point and a summary object at the end; writes ``--json``
 (default bench/results/cpu_speed.json) after every point.
@@ -88,6 +89,7 @@ def run_point(arch: str, impl: str, log2: int, reps: int) -> dict:
     torch.set_num_threads(THREADS)
     L = 1 << log2
     torch.manual_seed(0)
+    before_build = _rss_gb()  # python + torch: the same for every contender
     model = _build(arch, impl, L)
     ids = torch.randint(7, 11, (1, L + 1), generator=torch.Generator().manual_seed(1))
 
@@ -112,7 +114,7 @@ def run_point(arch: str, impl: str, log2: int, reps: int) -> dict:
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     out = {"arch": arch, "impl": impl, "L": L, "reps": reps, "step_s": round(med(tot), 4),
            "forward_s": round(med(fwd), 4), "step_s_all": [round(x, 4) for x in tot], "loss": round(loss, 4),
-           "base_rss_gb": round(base, 3), "peak_rss_gb": round(_rss_gb(), 3), "threads": torch.get_num_threads()}
+           "rss_before_build_gb": round(before_build, 3), "base_rss_gb": round(base, 3), "peak_rss_gb": round(_rss_gb(), 3), "threads": torch.get_num_threads()}
     if impl != "reference":
         from models.lm import Block
 
@@ -122,7 +124,7 @@ def run_point(arch: str, impl: str, log2: int, reps: int) -> dict:
 
 
 def _reps(log2: int) -> int:
-    return 3 if log2 <= 13 else 2 if log2 <= 15 else 1
+    return 3 if log2 <= 15 else 2 if log2 <= 16 else 1
 
 
 def _mamba_ref_gb(L: int) -> float:
@@ -146,6 +148,8 @@ def _ratios(results: list[dict]) -> list[dict]:
             row = {"arch": arch, "L": L}
             for impl, r in pts.items():
                 row[f"{impl}_step_s"], row[f"{impl}_peak_rss_gb"] = r["step_s"], r["peak_rss_gb"]
+                if "rss_before_build_gb" in r:
+                    row[f"{impl}_step_rss_gb"] = round(r["peak_rss_gb"] - r["rss_before_build_gb"], 3)
             auto = _auto_checkpoints(arch, L)
             row["auto_checkpoints"] = auto
             if "longdna-auto" not in pts and f"longdna-{'on' if auto else 'off'}" in pts:
@@ -158,6 +162,9 @@ def _ratios(results: list[dict]) -> list[dict]:
                     if impl in pts:
                         row[f"ratio_time_{impl}"] = round(pts[impl]["step_s"] / ref["step_s"], 3)
                         row[f"ratio_rss_{impl}"] = round(pts[impl]["peak_rss_gb"] / ref["peak_rss_gb"], 3)
+                        if "rss_before_build_gb" in ref and "rss_before_build_gb" in pts[impl]:
+                            own = pts[impl]["peak_rss_gb"] - pts[impl]["rss_before_build_gb"]
+                            row[f"ratio_step_rss_{impl}"] = round(own / (ref["peak_rss_gb"] - ref["rss_before_build_gb"]), 3)
             rows.append(row)
     return rows
 
@@ -170,11 +177,13 @@ def main(argv=None) -> int:
                              "the one it picks)")
     parser.add_argument("--max-log2-off", type=int, default=16,
                         help="past this length run longdna-off only where auto picks it (default 16)")
-    parser.add_argument("--mamba-max-log2", type=int, default=16, help="longest mamba point (default 16)")
+    parser.add_argument("--mamba-max-log2", type=int, default=18, help="longest mamba point (default 18)")
     parser.add_argument("--min-log2", type=int, default=10)
     parser.add_argument("--max-log2", type=int, default=18)
     parser.add_argument("--ref-mem-gb", type=float, default=8.0, help="skip mamba reference points needing more")
-    parser.add_argument("--reps", type=int, help="timed steps per point (default: 5 up to 2^12 ... 1 past 2^16)")
+    parser.add_argument("--mamba-ref-max-log2", type=int, default=18,
+                        help="skip mamba reference points past this length (its Python loop over L is slow)")
+    parser.add_argument("--reps", type=int, help="timed steps per point (default: 3 up to 2^15, 2 at 2^16, 1 past)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "cpu_speed.json")
     parser.add_argument("--point", nargs=4, metavar=("ARCH", "IMPL", "LOG2", "REPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -210,6 +219,11 @@ def main(argv=None) -> int:
             for impl in impls if i % 2 == 0 else impls[::-1]:  # alternate the order from one L to the next
                 point = {"arch": arch, "impl": impl, "L": L}
                 if (arch, impl) in failed:
+                    continue
+                if arch == "mamba" and impl == "reference" and log2 > args.mamba_ref_max_log2:
+                    results.append({**point, "skipped": f"past --mamba-ref-max-log2 {args.mamba_ref_max_log2} "
+                                                        f"(a Python loop of L steps, forward and backward)"})
+                    print(json.dumps(results[-1]), flush=True)
                     continue
                 if arch == "mamba" and impl == "reference" and _mamba_ref_gb(L) > args.ref_mem_gb:
                     results.append({**point, "skipped": f"needs ~{_mamba_ref_gb(L):.0f} GB (> --ref-mem-gb "

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 
 import kernels
-from models.layers import causal_depthwise_conv
+import kernels.dispatch
+from kernels.fftconv.ref import fftconv_backward_ref
+from models.layers import (causal_depthwise_conv, causal_depthwise_conv_backward,
+                           causal_depthwise_conv_forward, recompute)
 
 
 class Sin(nn.Module):
@@ -91,11 +94,19 @@ class HyenaFilter(nn.Module):
 
         Computed channels-first: the last Linear as ``W @ a^T`` (so the FFT reads contiguous rows, no transpose)
         and the decay window, which depends on the buffers only, cached per (L, dtype, device). Same values as
-        ``modulation(t, implicit_filter(z))[0].T``.
+        ``modulation(t, implicit_filter(z))[0].T``. Under autograd the MLP keeps nothing for the backward (its
+        activations, ~9 x filter_order floats per position, are more than the filter itself): it is recomputed
+        there from the positional buffer (``models.layers.recompute``), a few percent of the step's work.
         """
         z, _ = self.pos_emb(L)
-        dtype = self.bias.dtype
-        a = self.implicit_filter[:-1](z[0].to(dtype))  # (L, order)
+        params = [p for p in self.implicit_filter.parameters() if p.requires_grad]
+        if torch.is_grad_enabled() and params:
+            return recompute(self._filter, z[0], params)
+        return self._filter(z[0])
+
+    def _filter(self, z: torch.Tensor) -> torch.Tensor:
+        dtype, L = self.bias.dtype, z.shape[0]
+        a = self.implicit_filter[:-1](z.to(dtype))  # (L, order)
         k = torch.mm(self.implicit_filter[-1].weight, a.t())  # (d, L)
         window = self._decay_window(L, dtype, k.device)
         return k if window is None else k * window
@@ -138,9 +149,23 @@ class HyenaOperator(nn.Module):
         L = x.shape[1]
         if L > self.l_max:
             raise ValueError(f"Hyena: sequence length {L} exceeds l_max={self.l_max} (the filters' length)")
+        if self._fused(x):
+            p = self.in_proj(x)  # (B, L, 3d)
+            k = self.filter_fn.filter(L)
+            conv = self.short_filter
+            return self.out_proj(_GatedLongConv.apply(p, conv.weight, conv.bias, k, self.filter_fn.bias))
         uc = self.short_conv(self.in_proj(x))  # (B, L, 3d)
         x0, x1, v = uc.split(self.d_model, dim=-1)
         return self.out_proj(self.long_conv(x1 * v) * x0)
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether the conv - gate - FFT conv - gate chain runs as one autograd Function (``_GatedLongConv``):
+        with the torch FFT conv (CPU), without autocast, and only when neither step was replaced on this
+        instance from outside (sequence parallelism installs its own ``short_conv`` / ``long_conv``)."""
+        return ("short_conv" not in self.__dict__ and "long_conv" not in self.__dict__
+                and kernels.dispatch.resolve_impl("fftconv", None, x) == "torch"
+                and not torch.is_autocast_enabled(x.device.type)
+                and x.dtype == self.short_filter.weight.dtype == self.filter_fn.bias.dtype)
 
     # The two steps that mix along the sequence, separate so that sequence parallelism can wrap them (a halo
     # exchange of k-1 tokens before the short conv; sequence <-> channel all-to-all around the long conv).
@@ -153,3 +178,38 @@ class HyenaOperator(nn.Module):
         """The implicit long filter (plus D) applied causally to v (B, L, d) by FFT; returns (B, L, d)."""
         k = self.filter_fn.filter(v.shape[1])
         return kernels.fftconv(v.transpose(1, 2), k, self.filter_fn.bias).transpose(1, 2)
+
+
+class _GatedLongConv(torch.autograd.Function):
+    """``x0 * fftconv(x1 * v, k, D)`` with ``(x0, x1, v) = short_conv(p)``, keeping for the backward only ``p``
+    (the in_proj output, which the conv's backward needs anyway), ``k`` and the long conv's output: the conv
+    output (3 floats per token and channel) and the gated product are recomputed there (a few multiply-adds).
+    Same arithmetic as ``HyenaOperator``'s step-by-step path (``short_conv``, ``long_conv``), 4·d fewer floats
+    per token kept."""
+
+    @staticmethod
+    def forward(ctx, p, conv_w, conv_b, k, D):
+        d = p.shape[-1] // 3
+        x0, x1, v = causal_depthwise_conv_forward(p, conv_w, conv_b).split(d, dim=-1)
+        y = kernels.fftconv(x1.mul(v).transpose(1, 2), k, D, impl="torch").transpose(1, 2)  # (B, L, d)
+        ctx.save_for_backward(p, conv_w, conv_b, k, D, y)
+        return y * x0
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        p, conv_w, conv_b, k, D, y = ctx.saved_tensors
+        d = p.shape[-1] // 3
+        uc = causal_depthwise_conv_forward(p, conv_w, conv_b)
+        x0, x1, v = uc.split(d, dim=-1)
+        duc = torch.empty_like(uc)
+        dx0, dx1, dv = duc.split(d, dim=-1)
+        torch.mul(g, y, out=dx0)
+        del y
+        dw, dk, dD = fftconv_backward_ref(x1.mul(v).transpose(1, 2), k, D, (g * x0).transpose(1, 2))
+        dw = dw.transpose(1, 2)
+        torch.mul(dw, v, out=dx1)
+        torch.mul(dw, x1, out=dv)
+        del uc, dw
+        dp, dconv_w, dconv_b = causal_depthwise_conv_backward(p, conv_w, conv_b, duc)
+        return dp, dconv_w, dconv_b, dk, dD

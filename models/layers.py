@@ -52,7 +52,13 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """``fc2(gelu_tanh(fc1(x)))`` with biases (flash-attn's ``Mlp`` as used by HyenaDNA)."""
+    """``fc2(gelu_tanh(fc1(x)))`` with biases (flash-attn's ``Mlp`` as used by HyenaDNA).
+
+    When ``fc1`` / ``fc2`` are plain ``nn.Linear`` modules without hooks (not replaced or wrapped from outside,
+    e.g. by tensor parallelism or ZeRO-3) and autocast is off, the block runs as one autograd Function that
+    keeps only its input and ``fc1``'s output for the backward and recomputes the GELU there (elementwise):
+    4·dim fewer floats per token than autograd, which also keeps the GELU's output for fc2's weight gradient.
+    """
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -60,7 +66,47 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        fc1, fc2 = self.fc1, self.fc2
+        if (plain_linear(fc1) and plain_linear(fc2) and not torch.is_autocast_enabled(x.device.type)
+                and x.dtype == fc1.weight.dtype == fc2.weight.dtype):
+            return _GeluMlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return fc2(F.gelu(fc1(x), approximate="tanh"))
+
+
+def plain_linear(m: nn.Module) -> bool:
+    """Whether ``m`` is exactly an ``nn.Linear`` that no hook wraps (so calling F.linear with its weights is
+    the same as calling it)."""
+    from torch.nn.modules import module as _module
+
+    return (type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+            and not _module._global_forward_hooks and not _module._global_forward_pre_hooks)
+
+
+class _GeluMlp(torch.autograd.Function):
+    """fc2(gelu_tanh(fc1(x))) saving x and fc1's output only; the GELU is recomputed in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        h = F.linear(x, w1, b1)
+        ctx.save_for_backward(x, h, w1, w2)
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        return F.linear(F.gelu(h, approximate="tanh"), w2, b2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, h, w1, w2 = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        a = F.gelu(h, approximate="tanh").reshape(-1, h.shape[-1])
+        dw2 = g2.t().mm(a)
+        del a
+        dh = torch.ops.aten.gelu_backward(torch.matmul(g, w2), h, approximate="tanh")
+        dh2 = dh.reshape(-1, dh.shape[-1])
+        dw1 = dh2.t().mm(x.reshape(-1, x.shape[-1]))
+        db1 = dh2.sum(0) if ctx.has_bias[0] else None
+        db2 = g2.sum(0) if ctx.has_bias[1] else None
+        dx = torch.matmul(dh, w1) if ctx.needs_input_grad[0] else None
+        return dx, dw1, db1, dw2, db2
 
 
 class GatedMlp(nn.Module):
@@ -127,23 +173,33 @@ class _CausalDepthwiseConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        w = _taps(weight, x.dtype)
-        if ctx.silu:  # d silu(p)/dp = s (1 + p (1 - s)), s = sigmoid(p), with p the recomputed pre-activation
-            dy = torch.ops.aten.silu_backward(dy, _conv(x, w, bias))
-        k, L = w.shape[0], x.shape[1]
-        dx = dy * w[k - 1]
-        dw = torch.empty_like(w)
-        prod = torch.empty_like(x)  # per-tap products, summed over (batch, time) per channel
-        dw[k - 1] = torch.mul(dy, x, out=prod).sum(dim=(0, 1))
-        for j in range(k - 1):
-            s = k - 1 - j
-            if s < L:
-                dx[:, : L - s].addcmul_(dy[:, s:], w[j])
-                dw[j] = torch.mul(dy[:, s:], x[:, : L - s], out=prod[:, : L - s]).sum(dim=(0, 1))
-            else:
-                dw[j] = 0
-        dbias = dy.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dw.t().to(weight.dtype)[:, None], dbias, None
+        return (*causal_depthwise_conv_backward(x, weight, bias, dy, ctx.silu), None)
+
+
+def causal_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`causal_depthwise_conv` (without activation) outside autograd, for callers that recompute it."""
+    return _conv(x, _taps(weight, x.dtype), bias)
+
+
+def causal_depthwise_conv_backward(x, weight, bias, dy, silu: bool = False):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`causal_depthwise_conv` at ``(x, weight, bias)`` for ``dy``."""
+    w = _taps(weight, x.dtype)
+    if silu:  # d silu(p)/dp = s (1 + p (1 - s)), s = sigmoid(p), with p the recomputed pre-activation
+        dy = torch.ops.aten.silu_backward(dy, _conv(x, w, bias))
+    k, L = w.shape[0], x.shape[1]
+    dx = dy * w[k - 1]
+    dw = torch.empty_like(w)
+    prod = torch.empty_like(x)  # per-tap products, summed over (batch, time) per channel
+    dw[k - 1] = torch.mul(dy, x, out=prod).sum(dim=(0, 1))
+    for j in range(k - 1):
+        s = k - 1 - j
+        if s < L:
+            dx[:, : L - s].addcmul_(dy[:, s:], w[j])
+            dw[j] = torch.mul(dy[:, s:], x[:, : L - s], out=prod[:, : L - s]).sum(dim=(0, 1))
+        else:
+            dw[j] = 0
+    dbias = dy.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
+    return dx, dw.t().to(weight.dtype)[:, None], dbias
 
 
 def recompute(fn, x: torch.Tensor, params) -> torch.Tensor:

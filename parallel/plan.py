@@ -138,11 +138,18 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
 
             hidden = hidden * min(seq_len, FILTER_CHUNK) // seq_len
         filt = hidden + k
-        # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
-        saved = a * n * d * 10 + filt
         ws = _fft_workspace(chans, batch, seq_len, impl)
-        # fftconv backward: conv out and gated freed; d(x0), d(conv out), d(x1*v) and dk alive, plus its buffers
-        backward = a * n * d * (8 + 3) + filt + k + ws
+        if sp == 1 and impl == "torch":
+            # models.hyena's fused path (_GatedLongConv): norm out 1, in_proj 3, conv out 1, gated 1 kept; the
+            # filter MLP is recomputed (only the filter k is kept); its backward recomputes the short conv (3)
+            # next to d(short conv) 3, d(gated)·x0 1 and d(x1*v) 1, plus dk and the FFT buffers
+            saved = a * n * d * 6 + k
+            backward = a * n * d * (6 + 8) + 2 * k + ws
+        else:
+            # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
+            saved = a * n * d * 10 + filt
+            # fftconv backward: conv out and gated freed; d(x0), d(conv out), d(x1*v) and dk alive, plus buffers
+            backward = a * n * d * (8 + 3) + filt + k + ws
         pieces.append(Piece("hyena mixer", saved, backward, ws))
     elif cfg.arch == "mamba":
         m = cfg.mamba
@@ -164,8 +171,8 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         backward = saved + a * n * d * 4  # d(out), dq, dk, dv (flash-style attention: no L x L buffer)
         pieces.append(Piece("attention", saved, backward, 0.0))
     if w > 0:
-        if cfg.arch == "hyena":  # fc1 -> gelu -> fc2: norm out, fc1 out, gelu out; backward adds d(gelu), d(fc1)
-            pieces.append(Piece("mlp", a * n * (d + 2 * w), a * n * (d + 3 * w), 0.0))
+        if cfg.arch == "hyena":  # models.layers.Mlp keeps norm out and fc1 out (GELU recomputed in the backward)
+            pieces.append(Piece("mlp", a * n * (d + w), a * n * (d + 3 * w), 0.0))
         else:  # SwiGLU: fc1 out (2w), silu(gate), product; backward adds their gradients
             pieces.append(Piece("mlp", a * n * (rms * d + 4 * w), a * n * (rms * d + 6 * w), 0.0))
     return pieces

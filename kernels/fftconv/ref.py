@@ -99,20 +99,25 @@ class _FFTConvFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        u, k, bias = ctx.saved_tensors
-        batch, dim, length = u.shape
-        dt, n = _compute_dtype(u, k, bias), 2 * length
-        du, dk = torch.empty_like(u), torch.empty_like(k)
-        dbias = torch.empty(dim, dtype=dt, device=u.device)
-        bbuf = kbuf = None
-        for c0, c1 in _channel_groups(batch, dim, length):
-            uc, gc = u[:, c0:c1].to(dt), dy[:, c0:c1].to(dt)
-            gf, bbuf = _rfft_padded(gc, n, bbuf)
-            kf, kbuf = _rfft_padded(k[c0:c1].to(dt), n, kbuf)
-            du_c = _irfft_first(gf * kf.conj_physical_(), n, length)  # correlation with k
-            du[:, c0:c1] = du_c.addcmul_(bias[c0:c1, None].to(dt), gc)
-            dbias[c0:c1] = (gc * uc).sum(dim=(0, 2))
-            uf, bbuf = _rfft_padded(uc, n, bbuf)
-            dk_f = uf.conj_physical_().mul_(gf)  # correlation with u, summed over the batch
-            dk[c0:c1] = _irfft_first(dk_f[0] if batch == 1 else dk_f.sum(dim=0), n, length)
-        return du, dk, dbias.to(bias.dtype)
+        return fftconv_backward_ref(*ctx.saved_tensors, dy)
+
+
+def fftconv_backward_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, dy: torch.Tensor):
+    """Gradients ``(du, dk, dbias)`` of :func:`fftconv_ref` at ``(u, k, bias)`` for the output gradient ``dy``
+    (for callers that keep u, k, bias in their own autograd Function and recompute u there)."""
+    batch, dim, length = u.shape
+    dt, n = _compute_dtype(u, k, bias), 2 * length
+    du, dk = torch.empty_like(u), torch.empty_like(k)
+    dbias = torch.empty(dim, dtype=dt, device=u.device)
+    bbuf = kbuf = None
+    for c0, c1 in _channel_groups(batch, dim, length):
+        uc, gc = u[:, c0:c1].to(dt), dy[:, c0:c1].to(dt)
+        gf, bbuf = _rfft_padded(gc, n, bbuf)
+        kf, kbuf = _rfft_padded(k[c0:c1].to(dt), n, kbuf)
+        du_c = _irfft_first(gf * kf.conj_physical_(), n, length)  # correlation with k
+        du[:, c0:c1] = du_c.addcmul_(bias[c0:c1, None].to(dt), gc)
+        dbias[c0:c1] = (gc * uc).sum(dim=(0, 2))
+        uf, bbuf = _rfft_padded(uc, n, bbuf)
+        dk_f = uf.conj_physical_().mul_(gf)  # correlation with u, summed over the batch
+        dk[c0:c1] = _irfft_first(dk_f[0] if batch == 1 else dk_f.sum(dim=0), n, length)
+    return du, dk, dbias.to(bias.dtype)

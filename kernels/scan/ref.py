@@ -260,37 +260,167 @@ def _chunks(spec: _Spec):
 
 
 class _SelectiveScanFn(torch.autograd.Function):
-    """Chunked scan; the backward recomputes each chunk from its saved start state (see module docstring)."""
+    """Chunked scan; the backward recomputes each chunk from its saved start state (see module docstring).
+
+    On CPU with several intra-op threads, the channels are cut into one slice per thread and each slice is
+    scanned whole by one Python thread running single-threaded torch ops (see ``_channel_slices``).
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, spec: _Spec, softplus: bool):
-        g, k, dt = spec.groups, spec.per_group, spec.dtype
-        chunks = _chunks(spec)
-        starts = u.new_empty(len(chunks), spec.batch, g, k, spec.nstate, dtype=dt)
-        h = h0.to(dt).unflatten(1, (g, k)) if h0 is not None else _zeros_state(spec, u)
+        inputs = (u, delta, A, B, C, D, z, delta_bias, h0)
+        slices = _channel_slices(spec, u, B, C)
         out = torch.empty_like(u)  # u's layout: a transposed (B, L, D) view stays one
-        for i, (t0, t1) in enumerate(chunks):
-            ch = _Chunk(spec, t0, t1, u, delta, A, B, C, delta_bias, softplus)
-            starts[i] = h
-            hs = _states(ch, h, ch.decay())
-            h = hs[ch.n - 1].clone()
-            out[..., t0:t1] = _gate(_readout(hs, ch.C, ch.n), u[..., t0:t1], D, z, t0, t1, dt)[0]
-        ctx.spec, ctx.softplus, ctx.has_h0 = spec, softplus, h0 is not None
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
-        return out, h.flatten(1, 2)
+        last = u.new_empty(spec.batch, spec.dim, spec.nstate, dtype=spec.dtype)
+        if slices is None:
+            starts = [_forward(spec, *inputs, softplus, out, last)]
+        else:
+            def part(sl):
+                sub, args = _sub_problem(spec, sl, inputs)
+                return _forward(sub, *args, softplus, out[:, sl], last[:, sl])
+            starts = _in_threads(part, slices)
+        ctx.spec, ctx.softplus, ctx.has_h0, ctx.slices = spec, softplus, h0 is not None, slices
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *starts)
+        return out, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
-        spec, dt = ctx.spec, ctx.spec.dtype
-        grads = _Grads(spec, u, delta, A, B, C, D, z, delta_bias)
-        carry = dlast.to(dt).unflatten(1, (spec.groups, spec.per_group)) if dlast is not None else None
-        carry = carry if carry is not None else _zeros_state(spec, u)
-        for i, (t0, t1) in reversed(list(enumerate(_chunks(spec)))):
-            ch = _Chunk(spec, t0, t1, u, delta, A, B, C, delta_bias, ctx.softplus)
-            carry = _chunk_backward(ch, starts[i], carry, dout, grads, u, D, z, ctx.softplus)
-        return (*grads.result(carry if ctx.has_h0 else None), None, None)
+        u, delta, A, B, C, D, z, delta_bias, *starts = ctx.saved_tensors
+        spec, slices, inputs = ctx.spec, ctx.slices, (u, delta, A, B, C, D, z, delta_bias, None)
+        if slices is None:
+            return (*_backward(spec, inputs, starts[0], dout, dlast, ctx.softplus, ctx.has_h0), None, None)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+
+        def part(i):
+            sl = slices[i]
+            sub, args = _sub_problem(spec, sl, inputs)
+            dest = (du[:, sl], ddelta[:, sl], dz[:, sl] if dz is not None else None)
+            dl = dlast[:, sl] if dlast is not None else None
+            return _backward(sub, args, starts[i], dout[:, sl], dl, ctx.softplus, ctx.has_h0, dest)
+
+        parts = _in_threads(part, list(range(len(slices))))
+        grads = [du, ddelta]
+        for j, X in ((2, A), (3, B), (4, C), (5, D)):
+            grads.append(_join(X, [p[j] for p in parts], slices, spec, j))
+        grads += [dz, _join(delta_bias, [p[7] for p in parts], slices, spec, 7),
+                  torch.cat([p[8] for p in parts], dim=1) if ctx.has_h0 else None]
+        return (*grads, None, None)
+
+
+def _forward(spec: _Spec, u, delta, A, B, C, D, z, delta_bias, h0, softplus, out, last) -> torch.Tensor:
+    """Scan all chunks, writing ``out`` (B, D, L) and ``last`` (B, D, N); returns the chunk start states."""
+    g, k, dt = spec.groups, spec.per_group, spec.dtype
+    chunks = _chunks(spec)
+    starts = u.new_empty(len(chunks), spec.batch, g, k, spec.nstate, dtype=dt)
+    h = h0.to(dt).unflatten(1, (g, k)) if h0 is not None else _zeros_state(spec, u)
+    for i, (t0, t1) in enumerate(chunks):
+        ch = _Chunk(spec, t0, t1, u, delta, A, B, C, delta_bias, softplus)
+        starts[i] = h
+        hs = _states(ch, h, ch.decay())
+        h = hs[ch.n - 1].clone()
+        out[..., t0:t1] = _gate(_readout(hs, ch.C, ch.n), u[..., t0:t1], D, z, t0, t1, dt)[0]
+    last.copy_(h.flatten(1, 2))
+    return starts
+
+
+def _backward(spec: _Spec, inputs, starts, dout, dlast, softplus, has_h0, dest=None):
+    """Gradients of every input (None where not given), walking the chunks in reverse."""
+    u, delta, A, B, C, D, z, delta_bias, _ = inputs
+    dt = spec.dtype
+    grads = _Grads(spec, u, delta, A, B, C, D, z, delta_bias, dest)
+    carry = dlast.to(dt).unflatten(1, (spec.groups, spec.per_group)) if dlast is not None else None
+    carry = carry if carry is not None else _zeros_state(spec, u)
+    for i, (t0, t1) in reversed(list(enumerate(_chunks(spec)))):
+        ch = _Chunk(spec, t0, t1, u, delta, A, B, C, delta_bias, softplus)
+        carry = _chunk_backward(ch, starts[i], carry, dout, grads, u, D, z, softplus)
+    return grads.result(carry if has_h0 else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU: one channel slice per thread. Every time step of the scan is a handful of torch ops on one chunk; run
+# with several OpenMP threads, each op is a parallel region that ends in a barrier, and on a busy machine a
+# descheduled thread stalls every one of them (most samples then sit in libgomp's wait loop; 5-30x slower).
+# Channels are independent, so the scan is cut into one channel slice per thread instead: each slice is
+# scanned whole by its own thread with single-threaded ops, and the threads meet once per call.
+
+PARALLEL_MIN_ELEMENTS = 1 << 16  # B*D*L*N below which the split is not worth a thread hand-off
+_POOL: list = [None, None]  # (pid, executor): a forked child must not reuse its parent's threads
+
+
+def _channel_slices(spec: _Spec, u, B, C) -> list[slice] | None:
+    """Channel slices, one per intra-op thread (None: scan in the calling thread). Slices follow the groups
+    of grouped B / C, so each slice is itself a scan with whole groups."""
+    n = torch.get_num_threads()
+    if torch.autograd.profiler._is_profiler_enabled:  # torch.profiler records the calling thread's ops only
+        return None
+    if u.device.type != "cpu" or n < 2 or spec.batch * spec.dim * spec.length * spec.nstate < PARALLEL_MIN_ELEMENTS:
+        return None
+    blocks = spec.dim  # equal pieces the channels may be cut into: whole groups of every grouped B / C
+    for X, lay in ((B, spec.b_layout), (C, spec.c_layout)):
+        if lay == "grouped":
+            blocks = math.gcd(blocks, X.shape[1])
+    n = min(n, blocks)
+    if n < 2:
+        return None
+    width = spec.dim // blocks
+    return [slice(width * (blocks * i // n), width * (blocks * (i + 1) // n)) for i in range(n)]
+
+
+def _sub_problem(spec: _Spec, sl: slice, inputs):
+    """The scan of channels ``sl`` alone: its spec and its inputs (views)."""
+    u, delta, A, B, C, D, z, delta_bias, h0 = inputs
+
+    def bc(X, layout):
+        if layout == "shared":
+            return X[sl]
+        if layout == "per_batch":
+            return X
+        G = X.shape[1]
+        return X[:, sl.start * G // spec.dim: sl.stop * G // spec.dim]
+
+    args = (u[:, sl], delta[:, sl], A[sl], bc(B, spec.b_layout), bc(C, spec.c_layout),
+            None if D is None else D[sl], None if z is None else z[:, sl],
+            None if delta_bias is None else delta_bias[sl], None if h0 is None else h0[:, sl])
+    sub = _check_inputs(*args, spec.chunk)
+    sub.dtype = spec.dtype  # as the whole call (the backward does not pass initial_state)
+    return sub, args
+
+
+def _in_threads(fn, items) -> list:
+    """``[fn(x) for x in items]``, one item per pool thread (single-threaded torch ops, no autograd)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid, pool = _POOL
+    if pool is None or pid != os.getpid() or pool._max_workers < len(items):
+        pool = ThreadPoolExecutor(len(items), thread_name_prefix="scan", initializer=torch.set_num_threads,
+                                  initargs=(1,))
+        _POOL[:] = [os.getpid(), pool]
+
+    def run(x):
+        with torch.no_grad():
+            return fn(x)
+
+    return list(pool.map(run, items))
+
+
+def _join(like, parts, slices, spec: _Spec, index):
+    """Gradients of one argument from the channel slices: concatenated over channels, or summed where every
+    slice saw the whole tensor (B / C per batch)."""
+    if like is None:
+        return None
+    if index in (3, 4):
+        layout = spec.b_layout if index == 3 else spec.c_layout
+        if layout == "per_batch":
+            total = parts[0].clone()
+            for p in parts[1:]:
+                total += p
+            return total
+        if layout == "grouped":
+            return torch.cat(parts, dim=1)
+    return torch.cat(parts, dim=0)
 
 
 def _gate(y, u_c, D, z, t0, t1, dt):
@@ -305,11 +435,14 @@ def _gate(y, u_c, D, z, t0, t1, dt):
 class _Grads:
     """Gradient buffers: full-length ones written chunk by chunk, the others accumulated in compute dtype."""
 
-    def __init__(self, spec: _Spec, u, delta, A, B, C, D, z, delta_bias):
+    def __init__(self, spec: _Spec, u, delta, A, B, C, D, z, delta_bias, dest=None):
         self.spec = spec
         self.inputs = (u, delta, A, B, C, D, z, delta_bias)
-        self.du, self.ddelta = torch.empty_like(u), torch.empty_like(delta)
-        self.dz = torch.empty_like(z) if z is not None else None
+        if dest is not None:  # (du, ddelta, dz) views of the whole call's buffers (one channel slice)
+            self.du, self.ddelta, self.dz = dest
+        else:
+            self.du, self.ddelta = torch.empty_like(u), torch.empty_like(delta)
+            self.dz = torch.empty_like(z) if z is not None else None
         acc = dict(dtype=spec.dtype, device=u.device)
         self.dA = torch.zeros(spec.groups, spec.per_group, spec.nstate, **acc)
         self.dD = torch.zeros(spec.dim, **acc) if D is not None else None

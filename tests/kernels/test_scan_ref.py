@@ -227,8 +227,34 @@ def test_no_allocation_grows_with_the_full_state():
     assert tracker.largest <= bound
 
 
-def test_work_is_vectorised_over_channels_and_states():
+def test_work_is_vectorised_over_channels_and_states(monkeypatch):
     """The number of torch ops depends on the number of chunks and the chunk length only, not on D or N."""
+    import kernels.scan.ref as ref
+
+    monkeypatch.setattr(ref, "PARALLEL_MIN_ELEMENTS", 1 << 60)  # all ops in this thread, where the mode sees them
     small, large = _track(1, 2, 2, 100, 16).ops, _track(2, 24, 16, 100, 16).ops
     assert small == large
     assert _track(1, 2, 2, 200, 16).ops < 2.2 * small  # linear in L / chunk
+
+
+@pytest.mark.parametrize("layouts,G", [(("per_batch", "per_batch"), 2), (("shared", "grouped"), 2),
+                                       (("grouped", "grouped"), 4), (("grouped", "shared"), 3)])
+def test_channel_slices_in_threads_match_sequential(monkeypatch, layouts, G):
+    """On CPU with several threads the channels are scanned in per-thread slices (whole groups each)."""
+    import kernels.scan.ref as ref
+
+    monkeypatch.setattr(ref, "PARALLEL_MIN_ELEMENTS", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        inputs = _make(2, 12, 3, 37, *layouts, G=G, h0=True)
+        spec = ref._check_inputs(*(inputs.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias",
+                                                           "initial_state")), 8)
+        slices = ref._channel_slices(spec, inputs["u"], inputs["B"], inputs["C"])
+        blocks = 12 if layouts == ("per_batch", "per_batch") else G  # slices hold whole groups
+        assert slices is not None and len(slices) == min(3, blocks)
+        assert slices[0].start == 0 and slices[-1].stop == 12
+        assert all(a.stop == b.start and a.start % (12 // blocks) == 0 for a, b in zip(slices, slices[1:]))
+        _compare(inputs, *layouts, softplus=True, chunk=8)
+    finally:
+        torch.set_num_threads(threads)
