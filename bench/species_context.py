@@ -134,7 +134,7 @@ def finetune(work: Path, task: str, task_dir: Path, length: int, backbone: str, 
     code = _run([PY, "finetune/main.py", *overrides], log)
     if code != 0:
         tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else ["?"]
-        return {"skipped": f"exit {code}: {tail[0][:300]}"}
+        return {"skipped": f"exit {code}: {tail[0][:300]}".replace(f"{REPO}/", "")}  # paths relative to the repo
     result = json.loads((run_dir / "results.json").read_text())
     result["wall_s"] = round(time.perf_counter() - start, 1)
     (run_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
