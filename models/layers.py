@@ -211,8 +211,16 @@ def recompute(fn, x: torch.Tensor, params) -> torch.Tensor:
     A small ``autograd.Function`` rather than ``torch.utils.checkpoint``, whose first use costs ~150 MB of
     resident memory (the machinery it imports), more than the activations of a short window. The RNG state
     is replayed for the recomputation (dropout masks match) and autocast is re-entered as it was.
+
+    Parameters partitioned by DeepSpeed ZeRO-3 (they carry a ``ds_id``) change shape between the engine's
+    gather and release hooks, which that Function's explicit parameter gradients cannot follow: such calls go
+    through ``torch.utils.checkpoint`` (non-reentrant), which the engine's hooks support.
     """
     params = [p for p in params if p.requires_grad]
+    if any(hasattr(p, "ds_id") for p in params):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(fn, x, use_reentrant=False)
     return _Recompute.apply(fn, x, len(params), *params)
 
 
