@@ -57,6 +57,17 @@ def hg38_subset(sample_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hg38_shards(hg38_subset, tmp_path_factory) -> Path:
+    """Shards of the real GRCh38 subset (``data_prep``): train = chr2 + chrM, valid = chr20 (a held-out
+    chromosome); written once per test session, shared by the training-app and parallel-training tests."""
+    from data_prep.prep import PrepConfig, prepare
+
+    out = tmp_path_factory.mktemp("hg38") / "shards"
+    prepare(PrepConfig(fasta=hg38_subset, out=out, valid_chroms=["chr20"], progress=False), log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def golden() -> Path:
     """``data/sample/golden``: reference-implementation tensors (HyenaDNA, mamba_ssm). Read-only: copy to modify."""
     return SAMPLE / "golden"

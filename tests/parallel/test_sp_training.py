@@ -22,13 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 @pytest.fixture(scope="module")
-def shards(hg38_subset, tmp_path_factory) -> Path:
-    """Shards of the real GRCh38 subset: train = chr2 + chrM, valid = chr20."""
-    from data_prep.prep import PrepConfig, prepare
-
-    out = tmp_path_factory.mktemp("sp_hg38") / "shards"
-    prepare(PrepConfig(fasta=hg38_subset, out=out, valid_chroms=["chr20"], progress=False), log=lambda *a: None)
-    return out
+def shards(hg38_shards) -> Path:
+    return hg38_shards
 
 
 @pytest.fixture(scope="module")
