@@ -85,27 +85,29 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny))
 
 
-def compare_to_single_process(dims, arch: str, dtype, windows: torch.Tensor, **overrides) -> dict:
-    """One forward + backward of ``arch`` with ``dims`` against the same model in this process on whole windows.
-
-    ``windows`` (dp * b, L + 1): data-parallel rank d takes rows [d*b, (d+1)*b) and its SP slice of them. The loss
-    is the weighted mean over each group's tokens, averaged over data-parallel groups (what training does); SP
-    gradients are summed over the SP group and averaged over DP. Returns the worst relative errors.
-    """
-    from parallel import apply_sequence_parallel, gather_sequence, shard_sequence
-
-    L = windows.shape[1] - 1
-    model = tiny_model(arch, L, dtype, **overrides)
+def reference_step(model, windows: torch.Tensor, dp: int):
+    """Forward + backward of a deep copy of ``model`` on whole windows (dp * b, L + 1), with the loss training
+    computes: the weighted mean over each data-parallel group's tokens, averaged over the groups. Returns
+    (the copy, its logits, its loss)."""
     ref = copy.deepcopy(model)
     ids, labels = windows[:, :-1], windows[:, 1:]
     ref_logits = ref(ids)
     losses, weight = group_losses(ref_logits, labels)
-    b = ids.shape[0] // dims.dp
-    groups = [slice(d * b, (d + 1) * b) for d in range(dims.dp)]
+    b = ids.shape[0] // dp
+    groups = [slice(d * b, (d + 1) * b) for d in range(dp)]
     ref_loss = torch.stack([(losses[g] * weight[g]).sum() / weight[g].sum() for g in groups]).mean()
     ref_loss.backward()
+    return ref, ref_logits, ref_loss
 
-    apply_sequence_parallel(model, dims)
+
+def split_step(model, windows: torch.Tensor, dims):
+    """Forward + backward of the parallelised ``model`` on this rank's share of ``windows``: data-parallel rank d
+    takes rows [d*b, (d+1)*b), its SP slice of them; the loss is this rank's share of its group's token mean.
+    Returns (the rows, this rank's logits, its loss)."""
+    from parallel import shard_sequence
+
+    ids, labels = windows[:, :-1], windows[:, 1:]
+    b = ids.shape[0] // dims.dp
     rows = slice(dims.dp_rank * b, (dims.dp_rank + 1) * b)
     logits = model(shard_sequence(ids[rows], dims))
     losses, weight = group_losses(logits, shard_sequence(labels[rows], dims))
@@ -113,6 +115,23 @@ def compare_to_single_process(dims, arch: str, dtype, windows: torch.Tensor, **o
     dist.all_reduce(count, group=dims.sp_group)
     loss = (losses * weight).sum() / count  # this rank's share of its group's mean
     loss.backward()
+    return rows, logits, loss
+
+
+def compare_to_single_process(dims, arch: str, dtype, windows: torch.Tensor, **overrides) -> dict:
+    """One forward + backward of ``arch`` with ``dims`` against the same model in this process on whole windows.
+
+    ``windows`` (dp * b, L + 1): data-parallel rank d takes rows [d*b, (d+1)*b) and its SP slice of them. The loss
+    is the weighted mean over each group's tokens, averaged over data-parallel groups (what training does); SP
+    gradients are summed over the SP group and averaged over DP. Returns the worst relative errors.
+    """
+    from parallel import apply_sequence_parallel, gather_sequence
+
+    model = tiny_model(arch, windows.shape[1] - 1, dtype, **overrides)
+    ref, ref_logits, ref_loss = reference_step(model, windows, dims.dp)
+
+    apply_sequence_parallel(model, dims)
+    rows, logits, loss = split_step(model, windows, dims)
 
     total = loss.detach().clone()
     dist.all_reduce(total)

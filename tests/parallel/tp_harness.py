@@ -7,7 +7,6 @@ several layouts (``ParallelDims(...).build()``) in turn; rank 0's return value c
 
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 import warnings
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from sp_harness import free_port, group_losses, rel, tiny_model
+from sp_harness import free_port, reference_step, rel, split_step, tiny_model
 
 
 def _entry(rank, world, port, fn, payload, out):
@@ -50,27 +49,13 @@ def compare_to_single_process(dims, arch: str, dtype, windows: torch.Tensor, **o
     over every rank.
     """
     from parallel import (apply_sequence_parallel, apply_tensor_parallel, gather_sequence, gather_tensor_parallel,
-                          shard_sequence, tensor_parallel_spec)
+                          tensor_parallel_spec)
 
-    L = windows.shape[1] - 1
-    model = tiny_model(arch, L, dtype, **overrides)
-    ref = copy.deepcopy(model)
-    ids, labels = windows[:, :-1], windows[:, 1:]
-    ref_logits = ref(ids)
-    losses, weight = group_losses(ref_logits, labels)
-    b = ids.shape[0] // dims.dp
-    groups = [slice(d * b, (d + 1) * b) for d in range(dims.dp)]
-    ref_loss = torch.stack([(losses[g] * weight[g]).sum() / weight[g].sum() for g in groups]).mean()
-    ref_loss.backward()
+    model = tiny_model(arch, windows.shape[1] - 1, dtype, **overrides)
+    ref, ref_logits, ref_loss = reference_step(model, windows, dims.dp)
 
     apply_sequence_parallel(apply_tensor_parallel(model, dims), dims)
-    rows = slice(dims.dp_rank * b, (dims.dp_rank + 1) * b)
-    logits = model(shard_sequence(ids[rows], dims))
-    losses, weight = group_losses(logits, shard_sequence(labels[rows], dims))
-    count = weight.sum().detach()
-    dist.all_reduce(count, group=dims.sp_group)
-    loss = (losses * weight).sum() / count  # this rank's share of its group's mean
-    loss.backward()
+    rows, logits, loss = split_step(model, windows, dims)
 
     total = loss.detach().clone()
     dist.all_reduce(total, group=dims.dp_sp_group)  # TP ranks hold the same loss: count it once
