@@ -31,20 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.metrics import wilson
+
 REPO = Path(__file__).resolve().parents[1]
 SEQUENCES = REPO / "data" / "sample" / "genomic_benchmarks" / "sequences"
 TASKS = ("human_nontata_promoters", "human_enhancers_cohn")
 ARCH_KEYS = ("arch", "d_model", "n_layer", "l_max", "embed_dropout")
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
-    """95 % Wilson score interval of a binomial proportion ``correct / n``."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def split_task(task: str, work: Path, fractions: list[float], seed: int) -> dict:

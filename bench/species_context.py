@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from finetune.metrics import wilson
+
 REPO = Path(__file__).resolve().parents[1]
 ARCH_KEYS = ("arch", "d_model", "n_layer", "l_max")  # what the random baseline copies from the pretrained backbone
 SAMPLE = REPO / "data" / "sample"
@@ -139,16 +141,6 @@ def finetune(work: Path, task: str, task_dir: Path, length: int, backbone: str, 
     result["wall_s"] = round(time.perf_counter() - start, 1)
     (run_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
-
-
-def wilson(correct: float, n: int, z: float = 1.96) -> list[float]:
-    """95 % Wilson score interval of a binomial proportion ``correct / n``."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def with_interval(result: dict) -> dict:

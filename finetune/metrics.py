@@ -1,5 +1,5 @@
 """Classification metrics from a confusion matrix: accuracy, Matthews correlation (multi-class, Gorodkin 2004,
-as in scikit-learn's ``matthews_corrcoef``), per-class and macro F1."""
+as in scikit-learn's ``matthews_corrcoef``), per-class and macro F1; the Wilson interval of an accuracy."""
 
 from __future__ import annotations
 
@@ -45,3 +45,13 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, class_names: l
 def majority_accuracy(labels: np.ndarray, num_classes: int) -> float:
     """Accuracy of always predicting the most frequent class."""
     return float(np.bincount(labels, minlength=num_classes).max() / max(len(labels), 1))
+
+
+def wilson(correct: float, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a binomial proportion ``correct / n``."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
