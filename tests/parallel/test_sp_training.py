@@ -80,16 +80,7 @@ def test_sp2_resume_is_bitwise_exact(shards, runs, sp2):
 
 
 def test_sp2_checkpoint_exports_the_trained_weights(one_process, sp2, tmp_path):
-    from models import from_pretrained
-
-    logits = {}
-    for run in (one_process, sp2):
-        done = subprocess.run([sys.executable, "-m", "pretrain.export", str(run), "--out", str(tmp_path / run.name)],
-                              cwd=lh.REPO, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
-        ids = torch.randint(7, 11, (2, 128), generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            logits[run.name] = from_pretrained(tmp_path / run.name)(ids)
+    logits = {run.name: lh.exported_logits(run, tmp_path / run.name) for run in (one_process, sp2)}
     torch.testing.assert_close(logits["sp2"], logits["sp1"], rtol=1e-3, atol=1e-3)
 
 

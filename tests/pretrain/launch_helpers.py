@@ -89,3 +89,18 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir)[0]}
+
+
+def exported_logits(run_dir: Path, out: Path):
+    """``python -m pretrain.export run_dir --out out``, then the exported model's logits on two fixed windows of
+    128 bases (token ids 7..10)."""
+    import torch
+
+    from models import from_pretrained
+
+    done = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = torch.randint(7, 11, (2, 128), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return from_pretrained(out)(ids)
