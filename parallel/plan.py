@@ -1,14 +1,25 @@
-"""Per-rank memory planner: sequence-parallel degree x ZeRO stage x activation checkpointing for a config and a GPU.
+"""Per-rank memory planner: tensor- x sequence-parallel degree x ZeRO stage x activation checkpointing for a config
+and a GPU.
 
     python -m parallel.plan --config configs/hyenadna_large_1m.yaml --gpus 8 --gpu-mem-gb 80
     python -m parallel.plan --config configs/mamba_dna_1m.yaml --gpus 32 --gpus-per-node 8 --gpu-mem-gb 40 --json
     python -m parallel.plan --config configs/mamba_dna_1m.yaml --gpus 8 --gpu-mem-gb 24 --pick   # prints the SP degree
+    python -m parallel.plan --config configs/hyena_1b_1m.yaml --gpus 64 --gpus-per-node 8 --gpu-mem-gb 80 --pick-args
 
 Every estimate is a formula of the model's shapes (no fitted constant), in bytes per rank:
 
-- **parameters / gradients / optimizer** (the ZeRO paper's accounting, P parameters, N = dp x sp ranks, since ZeRO
-  shards over all of them): bf16 = 2P weights + 2P gradients + 12P optimizer (fp32 master, Adam m and v); fp32 =
-  4P + 4P + 8P. Stage 1 divides the optimizer by N, stage 2 also the gradients, stage 3 also the weights.
+- **parameters / gradients / optimizer** (the ZeRO paper's accounting, P parameters held by the rank, N = dp x sp
+  ranks, since ZeRO shards over all the ranks holding the same tensor-parallel shard): bf16 = 2P weights + 2P
+  gradients + 12P optimizer (fp32 master, Adam m and v); fp32 = 4P + 4P + 8P. Stage 1 divides the optimizer by N,
+  stage 2 also the gradients, stage 3 also the weights. With tensor parallelism (degree tp) P is one TP rank's
+  count, :func:`tp_num_parameters`: the parameters ``parallel.apply_tensor_parallel`` splits count 1/tp, the rest
+  (embedding / tied head, norms, row-parallel biases, Hyena's filter MLP before its last layer) count whole.
+- **tensor parallelism** (parallel/tensor.py) splits the mixer's inner channels (Hyena's x0, x1, v, the long conv
+  and its filter; Mamba's d_inner: x, z, conv, scan; attention heads) and the MLP's hidden units: those
+  activations and workspaces count 1/tp. It replicates the residual stream, the norms and their outputs (the
+  column-parallel layers' input), Mamba's (dt, B, C) and the loss head's logits: those count whole. A TP group
+  stays in one node; so does its SP group (tp x sp divides the GPUs of a node), and only the ZeRO stages the
+  training app accepts with tensor parallelism (:data:`TP_ZERO_STAGES`) are considered for tp > 1.
 - **activations**: what each architecture's code keeps for the backward (derived from models/*.py,
   kernels/*/ref.py and parallel/mixers.py; see :func:`_pieces`), at the moment of the backward where the most is
   alive: every checkpointed piece input still waiting (fp32 residual stream), the residual gradient, and the
@@ -34,13 +45,15 @@ from models.config import ModelConfig
 GB = 1e9
 ZERO_STAGES = (0, 1, 2, 3)
 ZERO_PREFERENCE = (1, 2, 0, 3)  # stage 1/2 cost no more traffic than plain data parallelism; 3 gathers weights
+TP_DEGREES = (1, 2, 4, 8)
+TP_ZERO_STAGES = (1, 2)  # what pretrain/config.py accepts with parallel.tensor > 1
 SCAN_WS_TENSORS = 7  # (chunk, B, Di, N) tensors alive in a chunk's backward (decay, states, adjoint, ...)
 FFT_REF_BWD_SPECTRA = 7  # padded inputs, spectra, products, irfft output of one channel group (profiled)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the plan: per-rank bytes of each part for (sp, zero_stage, checkpoint)."""
+    """One row of the plan: per-rank bytes of each part for (tp, sp, zero_stage, checkpoint)."""
 
     sp: int
     dp: int
@@ -53,6 +66,7 @@ class Setting:
     workspace: float
     total: float
     fits: bool
+    tp: int = 1
 
 
 def _act_bytes(precision: str) -> int:
@@ -90,9 +104,10 @@ def _fft_workspace(channels: int, batch: int, length: int, impl: str) -> float:
     return 4 * (2 * group * n) * (2 + 2 * pairs)  # filter spectrum, dk work, u and grad work buffers (fp32)
 
 
-def _scan_terms(cfg: ModelConfig, batch: int, length: int, impl: str) -> tuple[float, float]:
-    """(saved chunk-start states, backward workspace) of one selective scan over ``length`` steps."""
-    di, n = cfg.mamba.expand * cfg.d_model, cfg.mamba.d_state
+def _scan_terms(cfg: ModelConfig, batch: int, length: int, impl: str, tp: int = 1) -> tuple[float, float]:
+    """(saved chunk-start states, backward workspace) of one selective scan over ``length`` steps, on this
+    rank's d_inner / tp channels."""
+    di, n = cfg.mamba.expand * cfg.d_model // tp, cfg.mamba.d_state
     if impl == "torch":
         from kernels.scan.ref import CHUNK_STATE_ELEMENTS, MAX_CHUNK, MIN_CHUNK
 
@@ -118,18 +133,21 @@ class Piece:
 
 
 def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl: str,
-            checkpoint: bool) -> list[Piece]:
-    """The pieces of one block with their byte counts on one rank of ``sp`` (slice of seq_len/sp positions)."""
-    d, w = cfg.d_model, cfg.mlp_width
+            checkpoint: bool, tp: int = 1) -> list[Piece]:
+    """The pieces of one block with their byte counts on one rank of ``sp`` (slice of seq_len/sp positions) and
+    of ``tp`` (1/tp of the mixer's inner channels and the MLP's hidden units; the norm outputs stay whole)."""
+    d, w = cfg.d_model, cfg.mlp_width // tp
+    dl = d // tp  # this TP rank's channels of a d-wide inner tensor (Hyena's x0, x1, v, attention's q, k, v)
     n = batch * seq_len // sp  # positions on this rank
     rms = 2 if cfg.arch != "hyena" else 1  # torch RMSNorm keeps x*rstd and the output; LayerNorm the output
     pieces = []
     if cfg.arch == "hyena":
         h = cfg.hyena
-        chans = d // sp  # the long conv runs on d/sp channels over the whole window
+        chans = dl // sp  # the long conv runs on d/(tp sp) channels over the whole window
         k = a * chans * seq_len  # one (d/sp, L) filter-sized tensor (independent of the batch)
         hidden = 3 * (1 + h.num_inner_mlps) * seq_len * h.filter_order * a  # per Linear+Sin: out, freq*x, sin
         # the filter MLP is part of the (recomputed) mixer: its activations and the filter itself are kept; the
+        # MLP before its last layer is replicated over TP (hidden is whole), its last layer makes d/tp channels; the
         # decay window is a per-layer cache (counted in activation_bytes), so the window product saves nothing new.
         # With SP, parallel.mixers evaluates the MLP in chunks of FILTER_CHUNK positions and keeps only this
         # rank's (d/sp, L) filter; the backward recomputes one chunk at a time.
@@ -142,19 +160,21 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         if sp == 1 and impl == "torch":
             # models.hyena's fused path (_GatedLongConv): norm out 1, in_proj 3, conv out 1, gated 1 kept; the
             # filter MLP is recomputed (only the filter k is kept); its backward recomputes the short conv (3)
-            # next to d(short conv) 3, d(gated)·x0 1 and d(x1*v) 1, plus dk and the FFT buffers
-            saved = a * n * d * 6 + k
-            backward = a * n * d * (6 + 8) + 2 * k + ws
+            # next to d(short conv) 3, d(gated)·x0 1 and d(x1*v) 1, plus dk and the FFT buffers. With TP the norm
+            # output (in_proj's input) is whole, every other unit has this rank's d/tp channels.
+            saved = a * n * (d + 5 * dl) + k
+            backward = a * n * (d + 13 * dl) + 2 * k + ws
         else:
-            # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d)
-            saved = a * n * d * 10 + filt
+            # norm out 1, in_proj 3, short conv 3 (x0, x1, v views), x1*v 1, conv out 1, gated 1 (units of a*n*d;
+            # all but the norm output d/tp with TP)
+            saved = a * n * (d + 9 * dl) + filt
             # fftconv backward: conv out and gated freed; d(x0), d(conv out), d(x1*v) and dk alive, plus buffers
-            backward = a * n * d * (8 + 3) + filt + k + ws
+            backward = a * n * (d + 10 * dl) + filt + k + ws
         pieces.append(Piece("hyena mixer", saved, backward, ws))
     elif cfg.arch == "mamba":
         m = cfg.mamba
-        di, ns, r = m.expand * d, m.d_state, cfg.dt_rank
-        starts, ws = _scan_terms(cfg, batch, n // batch, impl)
+        di, ns, r = m.expand * d // tp, m.d_state, cfg.dt_rank  # this TP rank's d_inner; (dt, B, C) whole
+        starts, ws = _scan_terms(cfg, batch, n // batch, impl, tp)
         # norm 2 (units of a*n*d); in_proj 2Di (x, z), conv Di, x_proj R+2N (dt, B, C), delta Di, y Di
         saved = a * n * (rms * d + 5 * di + r + 2 * ns) + starts
         backward = a * n * (rms * d + 8 * di + r + 4 * ns) + starts + ws  # y freed; dy, du, ddelta, dz, dB, dC
@@ -165,12 +185,13 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
             backward += a * n * di
         pieces.append(Piece("mamba mixer", saved, backward, ws))
     else:
-        heads = cfg.transformer.n_head
-        # norm 2, qkv 3, rotated q and k 2, attention out 1 (+ fp32 log-sum-exp per head), merged heads 1
-        saved = a * n * d * (rms + 7) + 4 * n * heads
-        backward = saved + a * n * d * 4  # d(out), dq, dk, dv (flash-style attention: no L x L buffer)
+        heads = cfg.transformer.n_head // tp
+        # norm 2, qkv 3, rotated q and k 2, attention out 1 (+ fp32 log-sum-exp per head), merged heads 1 (all but
+        # the norm's d/tp with TP: this rank's heads)
+        saved = a * n * (rms * d + 7 * dl) + 4 * n * heads
+        backward = saved + a * n * dl * 4  # d(out), dq, dk, dv (flash-style attention: no L x L buffer)
         pieces.append(Piece("attention", saved, backward, 0.0))
-    if w > 0:
+    if w > 0:  # w: this TP rank's hidden units (fc1 column-parallel); the norm output stays whole
         if cfg.arch == "hyena":  # models.layers.Mlp keeps norm out and fc1 out (GELU recomputed in the backward)
             pieces.append(Piece("mlp", a * n * (d + w), a * n * (d + 3 * w), 0.0))
         else:  # SwiGLU: fc1 out (2w), silu(gate), product; backward adds their gradients
@@ -179,25 +200,31 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
 
 
 def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int = 1, precision: str = "fp32",
-                     checkpoint: bool | None = None, impl: str = "torch") -> tuple[float, float]:
+                     checkpoint: bool | None = None, impl: str = "torch", tp: int = 1) -> tuple[float, float]:
     """(activations, workspace) bytes per rank for one forward + backward of ``batch`` windows of ``seq_len``.
 
     ``checkpoint`` defaults to ``cfg.checkpoint_activations``; ``impl`` is the kernels' implementation
-    (``"torch"`` reference or ``"triton"``). The two numbers add up to the modelled peak.
+    (``"torch"`` reference or ``"triton"``); ``tp`` the tensor-parallel degree (checked as the training app
+    checks it). The two numbers add up to the modelled peak.
     """
     if impl not in ("torch", "triton"):
         raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
     if seq_len < 1 or batch < 1 or sp < 1 or seq_len % sp:
         raise ValueError(f"need seq_len >= 1 divisible by sp >= 1 and batch >= 1, got seq_len={seq_len} sp={sp} "
                          f"batch={batch}")
+    if tp != 1:
+        from parallel.tensor import check_tensor_parallel
+
+        check_tensor_parallel(cfg, tp, sp)
     if checkpoint is None:
-        checkpoint = _checkpoint_default(cfg, seq_len, sp, batch, precision)
+        checkpoint = _checkpoint_default(cfg, seq_len, sp, batch, precision, tp)
     a = _act_bytes(precision)
     r = 4 if cfg.residual_in_fp32 else a
     n, d, layers = batch * seq_len // sp, cfg.d_model, cfg.n_layer
-    pieces = _pieces(cfg, seq_len=seq_len, sp=sp, batch=batch, a=a, impl=impl, checkpoint=checkpoint)
+    pieces = _pieces(cfg, seq_len=seq_len, sp=sp, batch=batch, a=a, impl=impl, checkpoint=checkpoint, tp=tp)
     norm_in = a * n * d  # what a norm saves of its input: the residual itself, or its half-precision copy
     cast = a * n * d if a != r else 0  # the half-precision copy a recomputed piece makes of its fp32 input
+    # replicated over TP: the final norm and the tied head (not vocab-parallel: 16 padded tokens) see all of d
     head = a * n * d * (2 if cfg.arch != "hyena" else 1) + n * cfg.padded_vocab_size * (a + 12)
     moments = []  # (total, workspace) at each candidate peak
     block = sum(norm_in + p.saved for p in pieces)
@@ -213,17 +240,18 @@ def activation_bytes(cfg: ModelConfig, *, seq_len: int, sp: int = 1, batch: int 
     stored = r * n * d * (layers * len(pieces) + 1) if checkpoint else layers * block + r * n * d
     moments.append((stored + head, 0.0))
     if cfg.arch == "hyena" and sp == 1:  # each layer caches its decay window (d, l_max) in the parameters' dtype
-        moments = [(t + layers * a * d * cfg.l_max, w) for t, w in moments]  # start of the backward: the loss head's tensors on top of everything
+        moments = [(t + layers * a * (d // tp) * cfg.l_max, w) for t, w in moments]  # d/tp channels with TP
     total, ws = max(moments)
     return total - ws, ws
 
 
-def _checkpoint_default(cfg: ModelConfig, seq_len: int, sp: int, batch: int, precision: str) -> bool:
+def _checkpoint_default(cfg: ModelConfig, seq_len: int, sp: int, batch: int, precision: str, tp: int = 1) -> bool:
     """The config's checkpointing: ``checkpoint_activations`` / ``checkpoint`` (True, False or "auto": on when
     the model's own estimate of one window's activations passes ``checkpoint_budget_gb``)."""
     mode = cfg.checkpoint_mode if hasattr(cfg, "checkpoint_mode") else cfg.checkpoint_activations
     if mode == "auto":
-        off = sum(activation_bytes(cfg, seq_len=seq_len, sp=sp, batch=batch, precision=precision, checkpoint=False))
+        off = sum(activation_bytes(cfg, seq_len=seq_len, sp=sp, batch=batch, precision=precision, checkpoint=False,
+                                   tp=tp))
         return off > getattr(cfg, "checkpoint_budget_gb", 1.0) * 2**30
     return bool(mode)
 
@@ -238,19 +266,89 @@ def num_parameters(cfg: ModelConfig) -> int:
         return models.build_model(cfg).num_parameters()
 
 
-def sp_degrees(cfg: ModelConfig, seq_lens: list[int], gpus: int, gpus_per_node: int) -> tuple[list[int], dict]:
-    """Sequence-parallel degrees (powers of two) the model, the window lengths and the node shape allow, and
-    ``{sp: reason}`` for the powers of two up to ``gpus_per_node`` that are excluded."""
+def tp_split_parameters(model) -> set[str]:
+    """Names (``named_parameters``) of the parameters :func:`parallel.apply_tensor_parallel` splits in ``model``
+    (unsplit, e.g. built on the meta device): the rules of parallel/tensor.py's ``_split_*`` functions."""
+    from models.attention import CausalSelfAttention
+    from models.hyena import HyenaOperator
+    from models.layers import GatedMlp, Mlp
+    from models.mamba import Mamba
+
+    rules = {  # column-parallel weight and bias, row-parallel weight (its bias stays whole), per-channel tensors
+        HyenaOperator: ["in_proj.weight", "in_proj.bias", "short_filter.weight", "short_filter.bias",
+                        "filter_fn.bias", "out_proj.weight"],
+        Mamba: ["in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight",
+                "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight"],
+        CausalSelfAttention: ["qkv.weight", "qkv.bias", "out_proj.weight"],
+        Mlp: ["fc1.weight", "fc1.bias", "fc2.weight"],
+        GatedMlp: ["fc1.weight", "fc1.bias", "fc2.weight"],
+    }
+    names = set()
+    for prefix, module in model.named_modules():
+        local = list(rules.get(type(module), []))
+        if isinstance(module, HyenaOperator):  # the filter MLP's last Linear makes the channels: split
+            last = len(module.filter_fn.implicit_filter) - 1
+            local += [f"filter_fn.implicit_filter.{last}.weight", f"filter_fn.implicit_filter.{last}.bias"]
+        names.update(f"{prefix}.{name}" if prefix else name for name in local)
+    return names & {name for name, _ in model.named_parameters()}
+
+
+def tp_num_parameters(cfg: ModelConfig, tp: int = 1) -> int:
+    """Parameters held by one rank of a tensor-parallel group of ``tp`` (the model built on the meta device;
+    split parameters count 1/tp, replicated ones whole). Raises ``ValueError`` if the model does not split
+    ``tp`` ways."""
+    import torch
+
+    import models
+    from parallel.tensor import check_tensor_parallel
+
+    check_tensor_parallel(cfg, tp)
+    with torch.device("meta"):
+        model = models.build_model(cfg)
+    split = tp_split_parameters(model)
+    return sum(p.numel() // tp if name in split else p.numel() for name, p in model.named_parameters())
+
+
+def tp_degrees(cfg: ModelConfig, gpus: int, gpus_per_node: int) -> tuple[list[int], dict]:
+    """Tensor-parallel degrees of :data:`TP_DEGREES` the model and the node shape allow, and ``{tp: reason}``
+    for those excluded (a TP group stays in one node: NVLink, two all-reduces of the block's activations per
+    block and direction)."""
+    from parallel.tensor import check_tensor_parallel
+
     allowed, excluded = [], {}
+    for tp in TP_DEGREES:
+        if gpus % tp or gpus_per_node % tp:
+            excluded[tp] = f"does not divide {gpus} GPUs in nodes of {gpus_per_node} (a TP group stays in one node)"
+            continue
+        try:
+            check_tensor_parallel(cfg, tp)
+        except ValueError as err:
+            excluded[tp] = str(err).split(";")[0]
+            continue
+        allowed.append(tp)
+    return allowed, excluded
+
+
+def sp_degrees(cfg: ModelConfig, seq_lens: list[int], gpus: int, gpus_per_node: int,
+               tp: int = 1) -> tuple[list[int], dict]:
+    """Sequence-parallel degrees (powers of two) the model, the window lengths and the node shape allow next to
+    tensor-parallel degree ``tp``, and ``{sp: reason}`` for the powers of two up to ``gpus_per_node / tp`` that
+    are excluded."""
+    allowed, excluded = [], {}
+    d = cfg.d_model // tp if cfg.arch == "hyena" else cfg.d_model
+    heads = cfg.transformer.n_head // tp if cfg.arch == "transformer" else 0
     sp = 1
-    while sp <= gpus_per_node:
+    while sp * tp <= gpus_per_node:
         why = None
-        if gpus % sp or gpus_per_node % sp:
-            why = f"does not divide {gpus} GPUs in nodes of {gpus_per_node} (an SP group stays in one node)"
-        elif cfg.arch == "hyena" and cfg.d_model % sp:
-            why = f"does not divide d_model={cfg.d_model} (Hyena shards the long conv by channels)"
-        elif cfg.arch == "transformer" and cfg.transformer.n_head % sp:
-            why = f"does not divide n_head={cfg.transformer.n_head} (Ulysses shards heads)"
+        if gpus % (sp * tp) or gpus_per_node % (sp * tp):
+            group = "an SP group stays in one node" if tp == 1 else f"an SP x TP group of {sp * tp} stays in one node"
+            why = f"does not divide {gpus} GPUs in nodes of {gpus_per_node} ({group})"
+        elif cfg.arch == "hyena" and d % sp:
+            what = f"d_model={cfg.d_model}" if tp == 1 else f"d_model / tp = {d}"
+            why = f"does not divide {what} (Hyena shards the long conv by channels)"
+        elif cfg.arch == "transformer" and heads % sp:
+            what = f"n_head={cfg.transformer.n_head}" if tp == 1 else f"n_head / tp = {heads}"
+            why = f"does not divide {what} (Ulysses shards heads)"
         else:
             bad = [L for L in seq_lens if L % sp]
             if bad:
@@ -265,13 +363,17 @@ def sp_degrees(cfg: ModelConfig, seq_lens: list[int], gpus: int, gpus_per_node: 
 
 def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb: float,
          precision: str, impl: str = "triton", reserve_gb: float = 2.0, num_params: int | None = None,
-         zero_stages: tuple[int, ...] = ZERO_STAGES) -> dict:
-    """Every (sp, ZeRO stage, checkpointing) setting with its per-rank bytes, and the recommended one.
+         zero_stages: tuple[int, ...] = ZERO_STAGES, tp_degrees_: tuple[int, ...] | None = None) -> dict:
+    """Every (tp, sp, ZeRO stage, checkpointing) setting with its per-rank bytes, and the recommended one.
 
     ``stages``: ``(seq_len, micro_batch)`` of every window length of the run (the peak over them counts), or a
-    function of the SP degree returning them (the micro-batch depends on dp = gpus / sp). ``zero_stages``: the
-    ZeRO stages to consider.
-    Returns ``{"settings": [Setting...], "excluded_sp": {sp: reason}, "recommended": Setting | None}``.
+    function of the number of ranks sharing one window, sp x tp, returning them (the micro-batch depends on
+    dp = gpus / (sp x tp)). ``zero_stages``: the ZeRO stages to consider (for tp > 1 only those of
+    :data:`TP_ZERO_STAGES`). ``tp_degrees_``: the TP degrees to consider (default every one of
+    :data:`TP_DEGREES` the model and the nodes allow; ``(1,)`` plans without tensor parallelism).
+    ``num_params``: the whole model's count (default: counted); one TP rank's is :func:`tp_num_parameters`.
+    Returns ``{"settings": [Setting...], "excluded_sp": {sp: reason} (at tp = 1), "excluded_tp": {tp: reason},
+    "recommended": Setting | None, "num_params": P, "num_params_per_tp_rank": {tp: P_tp}}``.
     """
     if gpus < 1 or gpus_per_node < 1 or gpus % gpus_per_node and gpus > gpus_per_node:
         raise ValueError(f"--gpus ({gpus}) must be a positive multiple of --gpus-per-node ({gpus_per_node}) "
@@ -280,31 +382,53 @@ def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb:
         raise ValueError(f"ZeRO stages must be among {ZERO_STAGES}, got {list(zero_stages)}")
     if gpu_mem_gb <= 0 or reserve_gb < 0:
         raise ValueError(f"--gpu-mem-gb must be > 0 and --reserve-gb >= 0, got {gpu_mem_gb} and {reserve_gb}")
-    stages_of = stages if callable(stages) else (lambda sp: stages)
+    if tp_degrees_ is not None and (not tp_degrees_ or any(t not in TP_DEGREES for t in tp_degrees_)):
+        raise ValueError(f"tensor-parallel degrees must be among {TP_DEGREES}, got {list(tp_degrees_)}")
+    stages_of = stages if callable(stages) else (lambda ranks: stages)
     if not stages_of(1):
         raise ValueError("plan needs at least one (seq_len, micro_batch) stage")
+    per_node = min(gpus_per_node, gpus)
+    lens = [L for L, _ in stages_of(1)]
     P = num_parameters(cfg) if num_params is None else num_params
-    allowed, excluded = sp_degrees(cfg, [L for L, _ in stages_of(1)], gpus, min(gpus_per_node, gpus))
-    settings = []
-    for sp in allowed:
-        for ckpt in (False, True):
-            act, ws = max(activation_bytes(cfg, seq_len=L, sp=sp, batch=b, precision=precision, checkpoint=ckpt,
-                                           impl=impl) for L, b in stages_of(sp))
-            for zero in zero_stages:
-                p, g, o = state_bytes(P, precision=precision, zero_stage=zero, world=gpus)
-                total = p + g + o + act + ws
-                settings.append(Setting(sp, gpus // sp, zero, ckpt, p, g, o, act, ws, total,
-                                        total + reserve_gb * GB <= gpu_mem_gb * GB))
-    return {"settings": settings, "excluded_sp": excluded, "recommended": recommend(settings),
-            "num_params": P}
+    tps, excluded_tp = tp_degrees(cfg, gpus, per_node)
+    if tp_degrees_ is not None:
+        for t in tp_degrees_:
+            if t not in tps:
+                raise ValueError(f"tensor-parallel degree {t} is not possible here: {excluded_tp[t]}")
+        tps = [t for t in tps if t in tp_degrees_]
+    tp_zero = tuple(z for z in zero_stages if z in TP_ZERO_STAGES)
+    if not tp_zero:
+        for t in tps[1:]:
+            excluded_tp[t] = "needs ZeRO stage 1 or 2 (the training app's rule), none of them considered"
+        tps = tps[:1]
+    settings, excluded_sp, per_rank = [], {}, {}
+    for tp in tps:
+        P_tp = P if tp == 1 else tp_num_parameters(cfg, tp)
+        per_rank[tp] = P_tp
+        allowed, excluded = sp_degrees(cfg, lens, gpus, per_node, tp)
+        if tp == 1:
+            excluded_sp = excluded
+        for sp in allowed:
+            for ckpt in (False, True):
+                act, ws = max(activation_bytes(cfg, seq_len=L, sp=sp, batch=b, precision=precision, checkpoint=ckpt,
+                                               impl=impl, tp=tp) for L, b in stages_of(sp * tp))
+                for zero in (zero_stages if tp == 1 else tp_zero):
+                    p, g, o = state_bytes(P_tp, precision=precision, zero_stage=zero, world=gpus // tp)
+                    total = p + g + o + act + ws
+                    settings.append(Setting(sp, gpus // (sp * tp), zero, ckpt, p, g, o, act, ws, total,
+                                            total + reserve_gb * GB <= gpu_mem_gb * GB, tp))
+    return {"settings": settings, "excluded_sp": excluded_sp, "excluded_tp": excluded_tp,
+            "recommended": recommend(settings), "num_params": P, "num_params_per_tp_rank": per_rank}
 
 
 def recommend(settings: list[Setting]) -> Setting | None:
-    """The smallest SP degree at which something fits; there, no checkpointing if possible; then ZeRO 1, 2, 0, 3."""
+    """The fewest ranks sharing a window (tp x sp) at which something fits; there, no checkpointing if possible;
+    then the smaller TP degree (SP's all-to-alls move 1/sp of a block's activations where TP all-reduces the
+    whole residual stream twice per block and direction); then ZeRO 1, 2, 0, 3. Without TP: the smallest SP."""
     fitting = [s for s in settings if s.fits]
     if not fitting:
         return None
-    return min(fitting, key=lambda s: (s.sp, s.checkpoint, ZERO_PREFERENCE.index(s.zero_stage)))
+    return min(fitting, key=lambda s: (s.tp * s.sp, s.checkpoint, s.tp, ZERO_PREFERENCE.index(s.zero_stage)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -340,21 +464,23 @@ def _stages(cfg, seq_len: int | None, dp_of) -> callable:
 
 
 def _table(result: dict, gpu_mem_gb: float) -> str:
-    rows = ["  sp  dp zero ckpt | params  grads    optim  activ  wkspc |  total GB  fits"]
+    rows = ["  tp  sp  dp zero ckpt | params  grads    optim  activ  wkspc |  total GB  fits"]
     for s in result["settings"]:
         gb = [x / GB for x in (s.params, s.grads, s.optimizer, s.activations, s.workspace, s.total)]
-        rows.append(f"{s.sp:4d} {s.dp:3d} {s.zero_stage:4d} {'on' if s.checkpoint else 'off':>4} | "
+        rows.append(f"{s.tp:4d} {s.sp:3d} {s.dp:3d} {s.zero_stage:4d} {'on' if s.checkpoint else 'off':>4} | "
                     f"{gb[0]:6.2f} {gb[1]:6.2f} {gb[2]:8.2f} {gb[3]:6.1f} {gb[4]:6.2f} | {gb[5]:9.1f}  "
                     f"{'yes' if s.fits else 'no'}")
     for sp, why in result["excluded_sp"].items():
         rows.append(f"  sp={sp} excluded: {why}")
+    for tp, why in result.get("excluded_tp", {}).items():
+        rows.append(f"  tp={tp} excluded: {why}")
     rec = result["recommended"]
     if rec is None:
-        rows.append(f"nothing fits in {gpu_mem_gb:g} GB: use more GPUs per node (a larger SP degree), a shorter "
-                    f"train.seq_len, or GPUs with more memory")
+        rows.append(f"nothing fits in {gpu_mem_gb:g} GB: use more GPUs per node (a larger SP or TP degree), a "
+                    f"shorter train.seq_len, or GPUs with more memory")
     else:
-        rows.append(f"recommended: parallel.sequence={rec.sp} parallel.zero_stage={rec.zero_stage} "
-                    f"model.checkpoint_activations={str(rec.checkpoint).lower()}  "
+        rows.append(f"recommended: parallel.tensor={rec.tp} parallel.sequence={rec.sp} "
+                    f"parallel.zero_stage={rec.zero_stage} model.checkpoint_activations={str(rec.checkpoint).lower()}  "
                     f"({rec.total / GB:.1f} GB per rank of {gpu_mem_gb:g})")
     return "\n".join(rows)
 
@@ -373,7 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zero-stage", type=int, action="append", choices=ZERO_STAGES,
                         help="repeatable: consider only these ZeRO stages (default all)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--tp", type=int, action="append", choices=TP_DEGREES,
+                        help="repeatable: consider only these tensor-parallel degrees (default all the model and "
+                             "the nodes allow; --tp 1: no tensor parallelism)")
     parser.add_argument("--pick", action="store_true", help="print only the recommended SP degree")
+    parser.add_argument("--pick-args", action="store_true",
+                        help="print only the recommended 'parallel.tensor=T parallel.sequence=S' (app overrides)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as pretrain/main.py")
     args = parser.parse_args(argv)
     try:
@@ -381,26 +512,29 @@ def main(argv: list[str] | None = None) -> int:
         per_node = args.gpus_per_node or args.gpus
         if args.seq_len is not None and not 1 <= args.seq_len <= cfg.model.l_max:
             raise ValueError(f"--seq-len {args.seq_len} is outside [1, model.l_max={cfg.model.l_max}]")
-        stages_of = _stages(cfg, args.seq_len, lambda sp: max(1, args.gpus // sp))
+        stages_of = _stages(cfg, args.seq_len, lambda ranks: max(1, args.gpus // ranks))  # ranks = sp x tp
         lens = [L for L, _ in stages_of(1)]
         result = plan(cfg.model, stages=stages_of, gpus=args.gpus, gpus_per_node=per_node,
                       gpu_mem_gb=args.gpu_mem_gb, precision=cfg.train.precision, impl=args.kernels,
-                      reserve_gb=args.reserve_gb, zero_stages=tuple(args.zero_stage or ZERO_STAGES))
+                      reserve_gb=args.reserve_gb, zero_stages=tuple(args.zero_stage or ZERO_STAGES),
+                      tp_degrees_=tuple(args.tp) if args.tp else None)
     except ValueError as err:
         parser.error(str(err))
     rec = result["recommended"]
-    if args.pick:
+    if args.pick or args.pick_args:
         if rec is None:
             print(f"parallel.plan: nothing fits in {args.gpu_mem_gb:g} GB per GPU for {args.config}", file=sys.stderr)
             return 1
-        print(rec.sp)
+        print(f"parallel.tensor={rec.tp} parallel.sequence={rec.sp}" if args.pick_args else rec.sp)
         return 0
     if args.json:
         out = {"config": args.config, "gpus": args.gpus, "gpus_per_node": per_node, "gpu_mem_gb": args.gpu_mem_gb,
                "reserve_gb": args.reserve_gb, "precision": cfg.train.precision, "kernels": args.kernels,
                "seq_lens": lens, "num_params": result["num_params"],
+               "num_params_per_tp_rank": {str(k): v for k, v in result["num_params_per_tp_rank"].items()},
                "settings": [asdict(s) for s in result["settings"]],
                "excluded_sp": {str(k): v for k, v in result["excluded_sp"].items()},
+               "excluded_tp": {str(k): v for k, v in result["excluded_tp"].items()},
                "recommended": asdict(rec) if rec else None}
         print(json.dumps(out, indent=1))
         return 0

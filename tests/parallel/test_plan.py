@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import models
 from models.config import ModelConfig, TransformerConfig
-from parallel.plan import Setting, activation_bytes, main, num_parameters, plan, recommend, sp_degrees, state_bytes
+from parallel.plan import (Setting, activation_bytes, main, num_parameters, plan, recommend, sp_degrees, state_bytes,
+                           tp_degrees, tp_num_parameters)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,9 @@ def test_activations_are_monotone(arch):
     assert est(checkpoint=True) < est(checkpoint=False)
     if arch == "hyena":  # same tokens, filters and spectra half as long (the scan's chunk shrinks with the batch)
         assert est(batch=2, seq_len=1 << 17) < est(seq_len=1 << 18)
+    # TP splits the mixer's (and MLP's) inner channels but not the replicated residual stream, norms and head
+    assert est(tp=2) < est(tp=1) and est(tp=4) < est(tp=2) and est(tp=2) > est(tp=1) / 2
+    assert est(tp=2, checkpoint=False) < est(checkpoint=False)
     cfg = _cfg(arch)
     assert sum(activation_bytes(cfg, seq_len=1 << 18, precision="bf16")) < sum(activation_bytes(cfg, seq_len=1 << 18))
     assert sum(activation_bytes(_cfg(arch, n_layer=4), seq_len=1 << 18)) > sum(activation_bytes(cfg, seq_len=1 << 18))
@@ -131,7 +135,7 @@ def test_plan_fits_and_recommends_the_smallest_sp():
     small = plan(cfg, gpu_mem_gb=12, **kw)
     rec = small["recommended"]
     assert rec is not None and rec.fits and rec.total <= 10e9
-    assert not any(s.fits for s in small["settings"] if s.sp < rec.sp)  # nothing smaller fits
+    assert not any(s.fits for s in small["settings"] if s.sp * s.tp < rec.sp * rec.tp)  # nothing smaller fits
     assert plan(cfg, gpu_mem_gb=0.5, **kw)["recommended"] is None
     with pytest.raises(ValueError, match="gpus-per-node"):
         plan(cfg, gpu_mem_gb=80, **{**kw, "gpus": 12})
@@ -152,7 +156,7 @@ def test_cli_table_json_and_pick(capsys):
             "--gpu-mem-gb", "16"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "recommended: parallel.sequence=" in text and "sp=16 excluded" not in text
+    assert "recommended: parallel.tensor=" in text and " parallel.sequence=" in text and "sp=16 excluded" not in text
     assert main(args + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["num_params"] > 0 and out["seq_lens"][-1] == 1 << 20
@@ -176,3 +180,100 @@ def test_cli_errors_say_what_to_change(extra, message, capsys):
         main(["--config", str(REPO / "configs" / "mamba_dna_1m.yaml"), *extra])
     assert err.value.code == 2
     assert message in capsys.readouterr().err
+
+
+TP_CONFIGS = {"hyena": dict(d_model=64, l_max=256), "mamba": dict(d_model=64, l_max=256),
+              "transformer": dict(d_model=64, l_max=256, transformer=TransformerConfig(n_head=4))}
+
+
+def _count_tp_rank_parameters(payload):
+    """(on each of 2 gloo processes) every config's model split by apply_tensor_parallel at TP = 2: the numbers of
+    parameters each rank holds, gathered on every rank."""
+    import torch.distributed as dist
+
+    from parallel import ParallelDims, apply_tensor_parallel
+
+    dims = ParallelDims(dp=1, tp=2).build()
+    counts = {}
+    for arch, cfg in payload.items():
+        torch.manual_seed(0)
+        model = apply_tensor_parallel(models.build_model(cfg), dims)
+        mine = torch.tensor([sum(p.numel() for p in model.parameters())])
+        both = [torch.zeros_like(mine) for _ in range(2)]
+        dist.all_gather(both, mine)
+        counts[arch] = [int(c) for c in both]
+    return counts
+
+
+@pytest.mark.distributed
+def test_tp_parameter_memory_is_what_one_tp_rank_holds(tmp_path):
+    """The planner's per-rank parameters at TP = 2 (counted on the meta device by parallel/tensor.py's rules)
+    equal the parameters one rank of a real apply_tensor_parallel split holds, for each architecture; and the
+    plan's per-rank weight bytes are those parameters (bf16: 2 bytes each, ZeRO 1 keeps weights whole)."""
+    from tp_harness import spawn
+
+    cfgs = {arch: _cfg(arch, **kw) for arch, kw in TP_CONFIGS.items()}
+    real = spawn(_count_tp_rank_parameters, world=2, payload=cfgs, tmp=tmp_path)
+    for arch, cfg in cfgs.items():
+        whole = num_parameters(cfg)
+        assert real[arch][0] == real[arch][1] < whole, (arch, real[arch], whole)
+        assert tp_num_parameters(cfg, 2) == real[arch][0], arch
+        assert tp_num_parameters(cfg, 1) == whole
+        result = plan(cfg, stages=[(256, 1)], gpus=8, gpus_per_node=8, gpu_mem_gb=80, precision="bf16",
+                      zero_stages=(1,), tp_degrees_=(1, 2))
+        rows = {s.tp: s for s in result["settings"] if s.sp == 1 and not s.checkpoint}
+        assert rows[2].params == 2 * real[arch][0] and rows[1].params == 2 * whole
+        assert rows[2].optimizer == 12 * real[arch][0] / 4  # ZeRO over the dp x sp = 8 / 2 ranks of a TP shard
+
+
+def test_tp_degrees_and_errors_for_non_divisible_tp(capsys):
+    hyena = _cfg("hyena", d_model=100)  # 100 = 4 x 25: TP 8 does not divide it
+    allowed, excluded = tp_degrees(hyena, gpus=16, gpus_per_node=8)
+    assert allowed == [1, 2, 4] and "d_model=100 is not divisible by parallel.tensor=8" in excluded[8]
+    allowed, excluded = tp_degrees(_cfg("mamba"), gpus=8, gpus_per_node=4)
+    assert allowed == [1, 2, 4] and "a TP group stays in one node" in excluded[8]
+    heads = _cfg("transformer", transformer=TransformerConfig(n_head=2))
+    assert tp_degrees(heads, gpus=8, gpus_per_node=8)[0] == [1, 2]
+    with pytest.raises(ValueError, match="d_model=100 is not divisible by parallel.tensor=8"):
+        tp_num_parameters(hyena, 8)
+    with pytest.raises(ValueError, match="parallel.tensor=3"):
+        activation_bytes(_cfg("mamba"), seq_len=1024, tp=3)
+    with pytest.raises(ValueError, match="d_model / parallel.tensor=25 is not divisible by parallel.sequence=2"):
+        activation_bytes(hyena, seq_len=1024, tp=4, sp=2)
+    with pytest.raises(ValueError, match="tensor-parallel degree 8 is not possible here"):
+        plan(hyena, stages=[(1024, 1)], gpus=8, gpus_per_node=8, gpu_mem_gb=80, precision="bf16", tp_degrees_=(8,))
+    # an SP x TP group stays in one node: at TP 4 on nodes of 8, SP goes up to 2
+    allowed, excluded = sp_degrees(_cfg("mamba"), [1 << 20], gpus=16, gpus_per_node=8, tp=4)
+    assert allowed == [1, 2] and 4 not in excluded  # 4 x 4 > 8 is not listed at all
+    with pytest.raises(SystemExit) as err:
+        main(["--config", str(REPO / "configs" / "hyenadna_large_1m.yaml"), "--gpus", "8", "--gpu-mem-gb", "80",
+              "--tp", "8", "model.d_model=100"])
+    assert err.value.code == 2
+    assert "d_model=100 is not divisible by parallel.tensor=8" in capsys.readouterr().err
+
+
+def test_tp_plan_only_zero_1_2_and_pick_args(capsys):
+    cfg = _cfg("mamba", d_model=1024, n_layer=24)
+    result = plan(cfg, stages=[(1 << 16, 1)], gpus=8, gpus_per_node=8, gpu_mem_gb=80, precision="bf16")
+    assert {s.tp for s in result["settings"]} == {1, 2, 4, 8}
+    assert {s.zero_stage for s in result["settings"] if s.tp > 1} == {1, 2}
+    assert all(s.tp * s.sp * s.dp == 8 for s in result["settings"])
+    # at the same tp x sp, TP's shards of the weights and of the mixer's channels take less than TP 1's
+    t1 = next(s for s in result["settings"] if (s.tp, s.sp, s.zero_stage, s.checkpoint) == (1, 2, 1, True))
+    t2 = next(s for s in result["settings"] if (s.tp, s.sp, s.zero_stage, s.checkpoint) == (2, 1, 1, True))
+    assert t2.params < t1.params
+    # tp x sp = 2 with checkpointing off fits, only at TP 2 here: the recommendation
+    tight = plan(cfg, stages=[(1 << 18, 1)], gpus=8, gpus_per_node=8, gpu_mem_gb=80, precision="bf16")
+    rec = tight["recommended"]
+    cheaper = [s for s in tight["settings"] if s.fits and (s.tp * s.sp, s.checkpoint) < (rec.tp * rec.sp,
+                                                                                           rec.checkpoint)]
+    assert rec is not None and not cheaper
+    args = ["--config", str(REPO / "configs" / "mamba_dna_1m.yaml"), "--gpus", "16", "--gpus-per-node", "8",
+            "--gpu-mem-gb", "16"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert main(args + ["--pick-args"]) == 0
+    rec = out["recommended"]
+    assert capsys.readouterr().out.strip() == f"parallel.tensor={rec['tp']} parallel.sequence={rec['sp']}"
+    assert main(args + ["--tp", "1", "--json"]) == 0
+    assert {s["tp"] for s in json.loads(capsys.readouterr().out)["settings"]} == {1}
