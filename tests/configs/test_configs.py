@@ -85,3 +85,24 @@ def test_every_window_length_splits_over_the_sequence_parallel_degrees_of_a_node
     assert not {sp: why for sp, why in excluded.items() if "window length" in why}
     for sp in allowed:
         check_sequence_parallel(cfg.model, sp, lens)
+
+
+@pytest.mark.parametrize("name,arch", [("hyena_1b_1m", "hyena"), ("mamba_1b_1m", "mamba")])
+def test_1b_configs_have_1b_parameters_and_fit_64_gpus_of_80_gb(name, arch, capsys):
+    """The 1B configs: 0.9-1.2 B parameters (the model built on the meta device: exact, no memory), 2^20 windows,
+    and the planner finds a setting that fits 8 nodes x 8 GPUs of 80 GB; the config's ZeRO stage and
+    checkpointing are the ones it recommends (the SLURM script passes its TP and SP degrees)."""
+    import json
+
+    from parallel.plan import main, num_parameters
+
+    cfg = resolve(CONFIGS / f"{name}.yaml", [])
+    assert cfg.model.arch == arch and cfg.model.l_max == cfg.train.seq_len == 1 << 20
+    assert 0.9e9 <= num_parameters(cfg.model) <= 1.2e9
+    assert main(["--config", str(CONFIGS / f"{name}.yaml"), "--gpus", "64", "--gpus-per-node", "8",
+                 "--gpu-mem-gb", "80", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rec = out["recommended"]
+    assert rec is not None and rec["fits"] and rec["total"] + 2e9 <= 80e9
+    assert rec["tp"] * rec["sp"] * rec["dp"] == 64 and out["num_params"] == num_parameters(cfg.model)
+    assert (rec["zero_stage"], rec["checkpoint"]) == (cfg.parallel.zero_stage, cfg.model.checkpoint_activations)
