@@ -30,7 +30,28 @@ def test_1m_script_picks_its_config_by_model():
         assert (REPO / config).is_file(), config
     done = subprocess.run(["bash", str(SCRIPTS[1])], cwd=REPO, env=dict(os.environ, MODEL="rnn"),
                           capture_output=True, text=True)
-    assert done.returncode == 2 and "MODEL must be hyena or mamba, got 'rnn'" in done.stderr
+    assert done.returncode == 2 and "MODEL must be hyena, mamba, hyena-1b or mamba-1b, got 'rnn'" in done.stderr
+
+
+@pytest.mark.parametrize("model,config,nodes", [("hyena-1b", "configs/hyena_1b_1m.yaml", 8),
+                                                ("mamba-1b", "configs/mamba_1b_1m.yaml", 8),
+                                                ("hyena", "configs/hyenadna_large_1m.yaml", 4)])
+def test_1m_script_passes_the_planners_tensor_and_sequence_degrees(model, config, nodes, capsys):
+    """DRY_RUN=1 prints the command the job would run: the model's config, then the planner's pick for the
+    allocation (default nodes: 8 for the 1B models, 4 otherwise; 8 tasks per node) as parallel.tensor /
+    parallel.sequence, then the caller's overrides (which win)."""
+    from parallel.plan import main
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    done = subprocess.run(["bash", str(SCRIPTS[1]), "train.max_steps=7"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(env, MODEL=model, DRY_RUN="1", PYTHON=sys.executable), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert main(["--config", config, "--gpus", str(8 * nodes), "--gpus-per-node", "8", "--gpu-mem-gb", "80",
+                 "--pick-args", "train.max_steps=7"]) == 0
+    pick = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"parallel\.tensor=\d parallel\.sequence=\d", pick)
+    assert done.stdout.splitlines()[-1] == f"bash slurm/pretrain.sh {config} {pick} train.max_steps=7"
+    assert f"{nodes} x 8 GPUs of 80 GB" in done.stdout
 
 
 def test_generic_script_needs_a_config_file():
