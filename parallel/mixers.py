@@ -9,13 +9,15 @@ the steps that mix along the sequence are replaced, per module instance (the mod
   gated product ``x1 * v``), with the implicit filter evaluated only for this rank's d/P channels, its MLP in
   chunks of positions and recomputed in the backward (no rank keeps the MLP's activations over the window).
 - Mamba (``Mamba.conv`` / ``scan``): a halo of d_conv-1 positions before the causal conv; the scan is linear in
-  its initial state, so each rank scans its slice from zero (final state S_r; without D and the gate, which do
-  not enter it), computes the slice's decay
-  product P_r = exp(A * sum_t softplus(delta_t + dt_bias)), all-gathers (P_r, S_r) — 2*B*Di*N numbers per
-  rank, whatever L is — folds the state carried in from the ranks before it, H_r = P_{r-1} H_{r-1} + S_{r-1}
-  (H_0 = initial_state or 0), and scans its slice again from H_r for its outputs. Gradients reach the earlier
-  ranks through the all-gather's reduce-scatter. Every rank runs the same operations (also rank 0, whose
-  carried state is 0), so the collectives of the backward line up on all ranks.
+  its initial state, so each rank scans its slice once, from zero, with D and without the gate (outputs y0,
+  final state S_r), computes the slice's decay product P_r = exp(A * sum_t softplus(delta_t + dt_bias)),
+  all-gathers (P_r, S_r) — 2*B*Di*N numbers per rank, whatever L is — forms the state carried in from the ranks
+  before it, H_r = P_{r-1} H_{r-1} + S_{r-1} (H_0 = initial_state or 0), and folds it into its outputs in closed
+  form: out_t = (y0_t + sum_n C_t[n] exp(A sum_{s<=t} Δ_s) H_r[n]) * silu(z_t), in chunks along the slice with
+  hand-written backwards that add the fold's gradients of Δ and C into the scan's own buffers (a rank holds
+  the gradient tensors of one scan, as one process does). Gradients reach the earlier ranks through the
+  all-gather's reduce-scatter. Every rank runs the same operations (also rank 0, whose carried state is 0),
+  so the collectives of the backward line up on all ranks.
 - Transformer (``CausalSelfAttention.forward``): DeepSpeed Ulysses (``DistributedAttention``): rotary angles of
   the GLOBAL positions ``r*Ls + t`` on the slice, then all-to-alls from sequence to head shards for q, k, v,
   causal attention over the whole window for H/P heads, and back.
@@ -23,6 +25,7 @@ the steps that mix along the sequence are replaced, per module instance (the mod
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -159,121 +162,190 @@ def _mamba_conv(self, xin: torch.Tensor) -> torch.Tensor:
     return _local_conv(self, self._sp_orig_conv, self.conv1d, xin)
 
 
-def mamba_decay_product(self, delta: torch.Tensor) -> torch.Tensor:
-    """exp(A * sum_t Δ_t) over the slice, (B, Di, N): the factor by which the slice scales its initial state.
-    Δ = softplus(delta + dt_proj.bias) and A = -exp(A_log) in the precision ``Mamba.scan`` uses. Keeps only
-    ``delta`` (which the scan keeps anyway) for the backward, not a (B, L, Di) softplus input."""
-    wide = torch.promote_types(self.A_log.dtype, torch.float32)
-    return _DecayProduct.apply(delta, self.A_log, self.dt_proj.bias, wide)
+FOLD_CHUNK_ELEMENTS = 1 << 20  # (b, t, Di, N) elements of exp(A cs_t) the fold evaluates at once
 
 
-def _decay(delta, A_log, bias, wide):
-    """(s, exp(A s)) with s = sum_t softplus(delta_t + bias) over dim 1, (B, Di), and A = -exp(A_log)."""
-    s = F.softplus(delta.to(wide) + bias.to(wide)).sum(dim=1)
-    return s, torch.exp(s[..., None] * -torch.exp(A_log.to(wide)))
+class _FoldLink:
+    """Shared by one call's :class:`_SliceDecay` and :class:`_FoldGate`: the slice's cumulative Δ at every
+    fold chunk start and the number of chunks where the carried state is not yet exactly 0 (set in the
+    forward), and the fold's output gradient (set by ``_FoldGate``'s backward, used and dropped by
+    ``_SliceDecay``'s)."""
+
+    starts: list
+    live: int
+    H: torch.Tensor | None = None
+    gf: torch.Tensor | None = None
 
 
-class _DecayProduct(torch.autograd.Function):
-    """decay = exp(A s), s = sum_t softplus(delta_t + bias), A = -exp(A_log). Backward: ds = sum_n g decay A,
-    d delta_t = ds sigmoid(delta_t + bias), d bias = sum_t d delta_t, d A_log = sum_b g decay s A."""
+def _fold_chunks(batch: int, L: int, Di: int, N: int) -> list[tuple[int, int]]:
+    step = max(1, FOLD_CHUNK_ELEMENTS // (batch * Di * N))
+    return [(t0, min(L, t0 + step)) for t0 in range(0, L, step)]
+
+
+def _fold_terms(delta, C, A, bias, start, t0, t1, wide):
+    """One chunk of the fold: softplus' input x (b, t, Di), cs_t = sum_{s<=t} Δ_s over the slice (b, t, Di),
+    E_t = exp(A cs_t) (b, t, Di, N) and C (b, t, N), all in ``wide``."""
+    x = delta[:, t0:t1].to(wide) + bias.to(wide)
+    cs = F.softplus(x).cumsum(dim=1).add_(start[:, None])
+    return x, cs, torch.exp(cs[..., None] * A), C[:, t0:t1].to(wide)
+
+
+class _SliceDecay(torch.autograd.Function):
+    """(delta, C, A_log, bias) -> (decay, delta, C): the slice's decay product exp(A sum_t Δ_t), (B, Di, N),
+    and delta and C unchanged, which the zero-state scan and :class:`_FoldGate` take from here.
+
+    Its backward runs after theirs and receives the scan's gradients of delta and C; it adds into those
+    buffers, in place, its own terms and the fold's terms for delta, C, A_log and the dt bias (the fold's gate
+    gradient is left on the link by ``_FoldGate``), so the fold needs no (B, L, Di) gradient of its own
+    next to the scan's. With cs_t = sum_{s<=t} Δ_s, E = exp(A cs), fold_t = sum_n C_t E_t H and gf its
+    gradient: dcs_t = gf_t sum_n C_t A E_t H, dΔ_s = sum_{t>=s} dcs_t + sum_n g_decay A decay (a reverse
+    cumulative sum, one chunk at a time), d delta = dΔ softplus'(delta + bias), dC_t = sum_d gf_t E_t H,
+    dA = sum gf_t C_t E_t H cs_t + sum_b g_decay decay cs_L, d A_log = A dA."""
 
     @staticmethod
-    def forward(ctx, delta, A_log, bias, wide):
-        s, decay = _decay(delta, A_log, bias, wide)
-        ctx.save_for_backward(delta, A_log, bias, s, decay)
-        ctx.wide = wide
-        return decay
+    def forward(ctx, delta, C, A_log, bias, link):
+        wide = torch.promote_types(A_log.dtype, torch.float32)
+        A = -torch.exp(A_log.to(wide))
+        batch, L, Di = delta.shape
+        chunks = _fold_chunks(batch, L, Di, A.shape[1])
+        s = torch.zeros(batch, Di, dtype=wide, device=delta.device)
+        starts = []
+        for t0, t1 in chunks:
+            starts.append(s.clone())
+            s += F.softplus(delta[:, t0:t1].to(wide) + bias.to(wide)).sum(dim=1)
+        # From the first chunk whose start already has A cs below the exponent where exp is exactly 0 (A < 0,
+        # cs non-decreasing), every term of the fold is 0: those chunks are skipped (exactly).
+        underflow = math.log(torch.finfo(wide).tiny * torch.finfo(wide).eps) - 1.0
+        top = A.max(dim=-1).values  # the slowest decay of each channel
+        link.live = next((i for i, st in enumerate(starts) if float((st * top).max()) < underflow), len(chunks))
+        link.starts = starts
+        decay = torch.exp(s[..., None] * A)
+        ctx.link, ctx.chunks, ctx.wide = link, chunks, wide
+        ctx.save_for_backward(delta, C, A_log, bias, s, decay)
+        return decay, delta.view_as(delta), C.view_as(C)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_decay, g_delta, g_C):
+        delta, C, A_log, bias, s, decay = ctx.saved_tensors
+        link, wide = ctx.link, ctx.wide
+        A = -torch.exp(A_log.to(wide))
+        gd = g_decay.to(wide) * decay  # (B, Di, N)
+        carry = (gd * A).sum(dim=-1)  # dL/dΔ_s from the decay product, the same for every s
+        dA = (gd * s[..., None]).sum(dim=0)
+        g_delta = torch.zeros_like(delta) if g_delta is None else g_delta
+        g_C = torch.zeros_like(C) if g_C is None else g_C
+        dbias = torch.zeros(delta.shape[2], dtype=wide, device=delta.device)
+        gf, link.gf = link.gf, None
+        H = link.H
+        for i, (t0, t1) in reversed(list(enumerate(ctx.chunks))):
+            if gf is not None and i < link.live:
+                x, cs, E, Cc = _fold_terms(delta, C, A, bias, link.starts[i], t0, t1, wide)
+                gfc = gf[:, t0:t1].to(wide)
+                E.mul_(H[:, None])  # E H
+                g_C[:, t0:t1] += torch.matmul(gfc[:, :, None], E).squeeze(2).to(g_C.dtype)  # sum_d gf E H
+                E.mul_(Cc[:, :, None]).mul_(gfc[..., None])  # gf C E H
+                dA += torch.einsum("btdn,btd->dn", E, cs)
+                dcs = torch.einsum("btdn,dn->btd", E, A)
+                del E, cs
+                dD = dcs.flip(1).cumsum(dim=1).flip(1).add_(carry[:, None])  # dL/dΔ_s for s in the chunk
+                carry = carry + dcs.sum(dim=1)
+            else:
+                x = delta[:, t0:t1].to(wide) + bias.to(wide)
+                dD = carry[:, None].expand_as(x)
+            dx = torch.ops.aten.softplus_backward(dD, x, 1.0, 20.0)
+            dbias += dx.sum(dim=(0, 1))
+            g_delta[:, t0:t1] += dx.to(g_delta.dtype)
+        d_A_log = (dA * A).to(A_log.dtype) if ctx.needs_input_grad[2] else None
+        d_bias = dbias.to(bias.dtype) if ctx.needs_input_grad[3] else None
+        return g_delta, g_C, d_A_log, d_bias, None
+
+
+class _FoldGate(torch.autograd.Function):
+    """out = (y0 + fold) * silu(z), fold_t = sum_n C_t[n] exp(A cs_t) H[n] (per channel; cs_t = sum_{s<=t} Δ_s
+    over the slice): the outputs of a scan from the carried-in state H, given the zero-state scan's y0 (D u
+    included). Chunk by chunk along L, never a (B, L, Di, N) tensor. Its backward returns the gradients of y0
+    (= the fold's, gf, which it also leaves on the link), z and H; :class:`_SliceDecay` adds the fold's
+    gradients of delta, C, A_log and the dt bias."""
+
+    @staticmethod
+    def forward(ctx, y0, z, H, delta, C, A_log, bias, link):
+        wide = torch.promote_types(A_log.dtype, torch.float32)
+        A = -torch.exp(A_log.to(wide))
+        out = torch.empty_like(y0)
+        Hw = H.to(wide)
+        link.H = Hw
+        for i, (t0, t1) in enumerate(_fold_chunks(*delta.shape, A.shape[1])):
+            pre = y0[:, t0:t1].to(wide)
+            if i < link.live:
+                _, _, E, Cc = _fold_terms(delta, C, A, bias, link.starts[i], t0, t1, wide)
+                pre = pre + torch.einsum("btdn,btn,bdn->btd", E, Cc, Hw)
+            out[:, t0:t1] = pre * F.silu(z[:, t0:t1].to(wide))
+        ctx.link, ctx.wide = link, wide
+        ctx.save_for_backward(y0, z, H, delta, C, A_log, bias)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        delta, A_log, bias, s, decay = ctx.saved_tensors
-        A = -torch.exp(A_log.to(ctx.wide))
-        gd = g.to(ctx.wide) * decay  # (B, Di, N)
-        ds = (gd * A).sum(dim=-1)  # (B, Di)
-        x = delta.to(ctx.wide) + bias.to(ctx.wide)  # (B, L, Di); softplus' own backward (threshold 20)
-        d_delta = torch.ops.aten.softplus_backward(ds[:, None].expand_as(x), x, 1.0, 20.0)
-        del x
-        d_bias = d_delta.sum(dim=(0, 1)).to(bias.dtype) if ctx.needs_input_grad[2] else None
-        d_A_log = (gd * s[..., None]).sum(dim=0).mul_(A).to(A_log.dtype) if ctx.needs_input_grad[1] else None
-        return d_delta.to(delta.dtype), d_A_log, d_bias, None
+        y0, z, H, delta, C, A_log, bias = ctx.saved_tensors
+        link, wide = ctx.link, ctx.wide
+        A = -torch.exp(A_log.to(wide))
+        Hw = H.to(wide)
+        gf, dz = torch.empty_like(y0), torch.empty_like(z)
+        dH = torch.zeros_like(Hw)
+        for i, (t0, t1) in enumerate(_fold_chunks(*delta.shape, A.shape[1])):
+            zc, gc = z[:, t0:t1].to(wide), g[:, t0:t1].to(wide)
+            sz = torch.sigmoid(zc)
+            gfc = gc * zc * sz
+            gf[:, t0:t1] = gfc
+            pre = y0[:, t0:t1].to(wide)
+            if i < link.live:
+                _, _, E, Cc = _fold_terms(delta, C, A, bias, link.starts[i], t0, t1, wide)
+                E.mul_(Cc[:, :, None])  # C E
+                pre = pre + torch.einsum("btdn,bdn->btd", E, Hw)
+                dH += torch.einsum("btdn,btd->bdn", E, gfc)
+                del E
+            dz[:, t0:t1] = gc * pre * sz * (1 + zc * (1 - sz))
+        link.gf = gf
+        return gf, dz, dH.to(H.dtype), None, None, None, None, None
 
 
-LAST_STATE_CHUNK = 1 << 14  # positions of the zero-state scan differentiated at once
+def mamba_scan_carried(self, xc, delta, B, C, z, carry):
+    """``Mamba.scan`` of this slice from the state carried in from the ranks before it, folded in closed form.
 
-
-def mamba_last_state(self, xc, delta, B, C) -> torch.Tensor:
-    """The final state (B, Di, N) of ``Mamba.scan`` over the slice from a zero state.
-
-    D and the gate z do not enter the state, so the scan runs without them, and its backward runs piece by piece
-    (``LAST_STATE_CHUNK`` positions, last piece first, each from its saved start state, the state gradient
-    carried back through the piece's decay product): it then holds no (B, L, Di) gradient for z or for the
-    scan's unused output next to the other scan's gradients, only the ones it returns for xc and delta."""
-    params = [p for p in (self.A_log, self.dt_proj.bias) if p.requires_grad]
-    return _ZeroStateLast.apply(self, xc, delta, B, C, *params)
-
-
-def _scan_last(self, xc, delta, B, C, h0) -> torch.Tensor:
-    """``Mamba.scan``'s final state from ``h0`` (None: zero) without D and z."""
+    The slice is scanned once, from a zero state, with D and without the gate (y0 and its final state S);
+    ``carry(decay, S)`` returns the carried-in state H (B, Di, N) from the slice's decay product and final
+    state (through the collective), plus anything to pass back; then out = (y0 + fold(H)) * silu(z), which is
+    the scan from H (the scan is linear in its initial state: H reaches position t scaled by
+    exp(A sum_{s<=t} Δ_s)). Returns ``(out, decay, S, extra)``."""
+    link = _FoldLink()
+    decay, delta, C = _SliceDecay.apply(delta, C, self.A_log, self.dt_proj.bias, link)
     wide = torch.promote_types(self.A_log.dtype, torch.float32)
-    _, last = kernels.selective_scan(
+    y0, last = kernels.selective_scan(
         xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.to(wide)), B.transpose(1, 2),
-        C.transpose(1, 2), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True, initial_state=h0,
+        C.transpose(1, 2), D=self.D.to(wide), delta_bias=self.dt_proj.bias.to(wide), delta_softplus=True,
         return_last_state=True)
-    return last
-
-
-class _ZeroStateLast(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mixer, xc, delta, B, C, *params):
-        pieces = [(t0, min(xc.shape[1], t0 + LAST_STATE_CHUNK)) for t0 in range(0, xc.shape[1], LAST_STATE_CHUNK)]
-        starts, h = [], None
-        for t0, t1 in pieces:
-            starts.append(h)
-            h = _scan_last(mixer, xc[:, t0:t1], delta[:, t0:t1], B[:, t0:t1], C[:, t0:t1], h)
-        ctx.mixer, ctx.pieces, ctx.starts = mixer, pieces, starts
-        ctx.save_for_backward(xc, delta, B, C)
-        return h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        xc, delta, B, C = ctx.saved_tensors
-        mixer = ctx.mixer
-        params = [p for p in (mixer.A_log, mixer.dt_proj.bias) if p.requires_grad]
-        dxc, ddelta, dB = torch.empty_like(xc), torch.empty_like(delta), torch.empty_like(B)
-        dparams = [torch.zeros_like(p) for p in params]
-        carry = g  # dL/d(state at the end of the piece)
-        for (t0, t1), h0 in reversed(list(zip(ctx.pieces, ctx.starts))):
-            ins = [t[:, t0:t1].detach().requires_grad_() for t in (xc, delta, B)]
-            with torch.enable_grad():
-                last = _scan_last(mixer, *ins, C[:, t0:t1], h0)
-            grads = torch.autograd.grad(last, [*ins, *params], carry.to(last.dtype), allow_unused=True)
-            del last
-            for out, grad in zip((dxc, ddelta, dB), grads[:3]):
-                out[:, t0:t1] = grad
-            for acc, grad in zip(dparams, grads[3:]):
-                if grad is not None:
-                    acc += grad
-            if t0 > 0:  # the state entering this piece reaches its end scaled by the piece's decay product
-                carry = carry * _decay(delta[:, t0:t1], mixer.A_log, mixer.dt_proj.bias, carry.dtype)[1]
-        return (None, dxc, ddelta, dB, None, *dparams)
+    H, extra = carry(decay, last)
+    out = _FoldGate.apply(y0.transpose(1, 2), z, H, delta, C, self.A_log, self.dt_proj.bias, link)
+    return out, decay, last, extra
 
 
 def _mamba_scan(self, xc, delta, B, C, z, initial_state=None, return_last_state=False):
     sp: SPState = self._sp
-    orig = self._sp_orig_scan
-    last = mamba_last_state(self, xc, delta, B, C)  # this slice from a zero state
-    decay = mamba_decay_product(self, delta)
-    both = all_gather_stack(torch.stack([decay, last.to(decay.dtype)]), sp.group, sp.tag)  # (P, 2, B, Di, N)
-    # States at every slice boundary, H_0 .. H_P, on every rank: each rank then differentiates through the
-    # all-gather (rank 0 too, whose carried state does not depend on it), so every rank runs its backward.
-    states = [initial_state.to(decay.dtype) if initial_state is not None else torch.zeros_like(last)]
-    for j in range(sp.size):
-        states.append(both[j, 0] * states[-1] + both[j, 1])
-    states = torch.stack(states)
-    out = orig(xc, delta, B, C, z, initial_state=states[sp.rank], return_last_state=return_last_state)
-    return (out[0], states[sp.size]) if return_last_state else out
+
+    def carry(decay, last):
+        both = all_gather_stack(torch.stack([decay, last.to(decay.dtype)]), sp.group, sp.tag)  # (P, 2, B, Di, N)
+        # States at every slice boundary, H_0 .. H_P, on every rank: each rank then differentiates through the
+        # all-gather (rank 0 too, whose carried state does not depend on it), so every rank runs its backward.
+        states = [initial_state.to(decay.dtype) if initial_state is not None else torch.zeros_like(decay)]
+        for j in range(sp.size):
+            states.append(both[j, 0] * states[-1] + both[j, 1])
+        states = torch.stack(states)
+        return states[sp.rank], states[sp.size]
+
+    out, _, _, final = mamba_scan_carried(self, xc, delta, B, C, z, carry)
+    return (out, final) if return_last_state else out
 
 
 def wrap_mamba(module: nn.Module, sp: SPState) -> None:

@@ -179,10 +179,11 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         saved = a * n * (rms * d + 5 * di + r + 2 * ns) + starts
         backward = a * n * (rms * d + 8 * di + r + 4 * ns) + starts + ws  # y freed; dy, du, ddelta, dz, dB, dC
         if sp > 1:
-            # parallel.mixers scans the slice twice (from zero without D and z, then from the carried state); the
-            # zero-state scan keeps no chunk states and is differentiated piece by piece, so while its backward
-            # runs the other scan's du, ddelta, dz are held next to its own du and ddelta (5 Di, not 4)
-            backward += a * n * di
+            # parallel.mixers scans the slice once, from zero with D and without the gate, and folds the carried
+            # state in afterwards: the fold keeps the scan's output y0 (Di) besides the gated output; its backward
+            # (dy, dy0, dz; y0 still kept, y freed) and then the scan's (dy0, dz, du, ddelta; y0 freed) hold as
+            # many Di as one process's scan backward, and the fold's delta and C gradients go into the scan's
+            saved += a * n * di
         pieces.append(Piece("mamba mixer", saved, backward, ws))
     else:
         heads = cfg.transformer.n_head // tp

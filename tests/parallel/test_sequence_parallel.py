@@ -233,12 +233,9 @@ def test_unknown_architecture_and_unbuilt_dims_are_refused():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_chunked_channel_filter_and_decay_product_equal_the_model(dtype, monkeypatch):
+def test_chunked_channel_filter_equals_the_model(dtype, monkeypatch):
     """Hyena's filter rows of one rank, evaluated in chunks and recomputed in the backward (a chunk size that
-    does not divide L), and Mamba's decay product with its hand-written backward (softplus past its threshold
-    included): values and gradients equal the model's own autograd computation."""
-    import torch.nn.functional as F
-
+    does not divide L): values and gradients equal the model's own autograd computation."""
     from parallel import mixers
 
     tol = 1e-5 if dtype == torch.float32 else 1e-10
@@ -253,42 +250,63 @@ def test_chunked_channel_filter_and_decay_product_equal_the_model(dtype, monkeyp
     for g, r in zip(torch.autograd.grad((k * w).sum(), params), ref_grads):
         assert rel(g, r) <= tol
 
-    mixer = tiny_model("mamba", 300, dtype).layers[0].mixer
-    delta = torch.randn(2, 300, mixer.d_inner, generator=torch.Generator().manual_seed(2), dtype=dtype) * 0.1 - 3
-    delta[0, 7, :5] = 25.0  # softplus is the identity past 20
-    delta.requires_grad_()
-    inputs = [delta, mixer.A_log, mixer.dt_proj.bias]
-    s = F.softplus(delta + mixer.dt_proj.bias).sum(dim=1)
-    ref = torch.exp(s[..., None] * -torch.exp(mixer.A_log))
-    w = torch.rand(ref.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
-    ref_grads = torch.autograd.grad((ref * w).sum(), inputs)
-    out = mixers.mamba_decay_product(mixer, delta)
-    assert rel(out, ref) <= tol
-    for g, r in zip(torch.autograd.grad((out * w).sum(), inputs), ref_grads):
-        assert rel(g, r) <= tol
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_zero_state_scan_in_pieces_equals_the_model(dtype, monkeypatch):
-    """Mamba's zero-state final state, differentiated piece by piece (pieces of 48 positions over L = 300), equals
-    ``Mamba.scan``'s last state and its gradients (xc, delta, B, A_log, dt bias)."""
+@pytest.mark.parametrize("jump", [0.0, 40.0])
+def test_mamba_closed_form_fold_equals_a_second_scan(dtype, jump, monkeypatch):
+    """Mamba's slice scan with the carried-in state folded in closed form (``mamba_scan_carried``: one scan
+    from zero, exp(A cumsum Δ) in chunks of 11 positions over L = 300, hand-written backwards) against the
+    second-scan formulation it replaces: ``Mamba.scan`` from the carried state H = H0 + decay * S / 2, where
+    decay is exp(A sum Δ) and S the zero-state final state, as the collective would combine them. The outputs,
+    decay, S, H and the gradients of every input (xc, delta, B, C, z, H0, A_log, dt bias, D) agree. ``jump``
+    raises Δ from position 200 so that exp(A cumsum Δ) underflows to 0 and the remaining chunks are skipped;
+    softplus is the identity past 20 at a few entries."""
+    import torch.nn.functional as F
+
     from parallel import mixers
 
     tol = 1e-5 if dtype == torch.float32 else 1e-10
+    monkeypatch.setattr(mixers, "FOLD_CHUNK_ELEMENTS", 11 * 2 * 32 * 4)
     mixer = tiny_model("mamba", 300, dtype).layers[0].mixer
+    Di, N, L = mixer.d_inner, mixer.d_state, 300
+    assert (Di, N) == (32, 4)
     g = torch.Generator().manual_seed(4)
-    Di, N = mixer.d_inner, mixer.d_state
-    xc, z = (torch.randn(2, 300, Di, generator=g, dtype=dtype) for _ in range(2))
-    delta = torch.randn(2, 300, Di, generator=g, dtype=dtype) * 0.5 - 2
-    B, C = (torch.randn(2, 300, N, generator=g, dtype=dtype) for _ in range(2))
-    for t in (xc, delta, B):
+    xc, z = (torch.randn(2, L, Di, generator=g, dtype=dtype) for _ in range(2))
+    delta = torch.randn(2, L, Di, generator=g, dtype=dtype) * 0.5 - 2
+    delta[:, 200:] += jump
+    delta[0, 7, :5] = 25.0
+    B, C = (torch.randn(2, L, N, generator=g, dtype=dtype) for _ in range(2))
+    H0 = torch.randn(2, Di, N, generator=g, dtype=dtype)
+    inputs = [xc, delta, B, C, z, H0]
+    for t in inputs:
         t.requires_grad_()
-    inputs = [xc, delta, B, mixer.A_log, mixer.dt_proj.bias]
-    w = torch.randn(2, Di, N, generator=g, dtype=dtype)
-    ref = mixer.scan(xc, delta, B, C, z, return_last_state=True)[1]
-    ref_grads = torch.autograd.grad((ref * w).sum(), inputs)
-    monkeypatch.setattr(mixers, "LAST_STATE_CHUNK", 48)
-    last = mixers.mamba_last_state(mixer, xc, delta, B, C)
-    assert rel(last, ref) <= tol
-    for got, want in zip(torch.autograd.grad((last * w).sum(), inputs), ref_grads):
-        assert rel(got, want) <= tol
+    inputs += [mixer.A_log, mixer.dt_proj.bias, mixer.D]
+    w = [torch.randn(2, L, Di, generator=g, dtype=dtype)] + [torch.randn(2, Di, N, generator=g, dtype=dtype)
+                                                           for _ in range(3)]
+
+    def carry(decay, last):
+        H = H0 + 0.5 * decay * last
+        return H, H
+
+    s = F.softplus(delta + mixer.dt_proj.bias).sum(dim=1)
+    decay = torch.exp(s[..., None] * -torch.exp(mixer.A_log))
+    last = mixer.scan(xc, delta, B, C, z, return_last_state=True)[1]
+    H = carry(decay, last)[0]
+    ref = (mixer.scan(xc, delta, B, C, z, initial_state=H), decay, last, H)
+    ref_grads = torch.autograd.grad(sum((r * wi).sum() for r, wi in zip(ref, w)), inputs)
+    live, fold_gate = [], mixers._FoldGate.apply
+
+    def counting_fold_gate(*args):
+        live.append(args[-1].live)  # the chunks (of 28) where the carried state is not yet exactly 0
+        return fold_gate(*args)
+
+    monkeypatch.setattr(mixers._FoldGate, "apply", counting_fold_gate)
+    got = mixers.mamba_scan_carried(mixer, xc, delta, B, C, z, carry)
+    assert (18 < live[0] < 28) if jump else live[0] == 28, live
+    for a, b in zip(got, ref):
+        assert rel(a, b) <= tol
+    for name, a, b in zip("xc delta B C z H0 A_log bias D".split(),
+                          torch.autograd.grad(sum((r * wi).sum() for r, wi in zip(got, w)), inputs), ref_grads):
+        assert rel(a, b) <= tol, name
+
+
