@@ -27,11 +27,16 @@ class GuardedAdamW(torch.optim.AdamW):
     Used without ZeRO in fp32, where DeepSpeed hands the client optimizer the all-reduced gradients as they
     are (its ZeRO and bf16 optimizers check for non-finite gradients themselves). DeepSpeed reads ``overflow``
     (to count a skipped step and hold the LR schedule) and ``_global_grad_norm`` (for logging).
+
+    ``tp_group`` (tensor parallelism): the norm is the whole model's, as DeepSpeed's ZeRO optimizers compute it
+    with the mpu: the squares of the tensor-parallel shards (parameters with megatron's ``tensor_model_parallel``)
+    summed over the group, the replicated parameters counted once (those of TP rank 0).
     """
 
-    def __init__(self, params, *, max_grad_norm: float, **kwargs):
+    def __init__(self, params, *, max_grad_norm: float, tp_group=None, **kwargs):
         super().__init__(params, **kwargs)
         self.max_grad_norm = max_grad_norm
+        self.tp_group = tp_group
         self.overflow = False
         self._global_grad_norm = None
 
@@ -39,7 +44,10 @@ class GuardedAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        if self.tp_group is not None:
+            norm = _clip_tensor_parallel_(params, max_norm, self.tp_group)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
         self._global_grad_norm = float(norm)
         self.overflow = not torch.isfinite(norm).item()
         if self.overflow:
@@ -47,17 +55,36 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def _clip_tensor_parallel_(params: list[torch.Tensor], max_norm: float, tp_group) -> torch.Tensor:
+    """Scale the gradients of ``params`` (this rank's, tensor-parallel shards among them) so that the whole
+    model's gradient norm is at most ``max_norm``; return that norm (the same on every rank of ``tp_group``)."""
+    import torch.distributed as dist
+
+    counted = [p.grad for p in params
+               if getattr(p, "tensor_model_parallel", False) or dist.get_rank(group=tp_group) == 0]
+    squares = torch.zeros((), dtype=torch.float32, device=params[0].grad.device if params else None)
+    for grad in counted:  # on the gradients' device: NCCL reduces CUDA tensors only
+        squares += grad.detach().float().pow(2).sum()
+    dist.all_reduce(squares, group=tp_group)
+    norm = squares.sqrt()
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
+    return norm
+
+
 def uses_guarded_optimizer(cfg: Config) -> bool:
     return cfg.parallel.zero_stage == 0 and cfg.train.precision == "fp32"
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: Config, mpu=None) -> torch.optim.Optimizer:
     """torch AdamW (no JIT-compiled DeepSpeed optimizer, so it runs anywhere) over :func:`param_groups`."""
     t = cfg.train
     kwargs = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps)
     groups = param_groups(model, t.weight_decay)
     if uses_guarded_optimizer(cfg):
-        return GuardedAdamW(groups, max_grad_norm=t.grad_clip, **kwargs)
+        tp_group = mpu.get_model_parallel_group() if mpu and mpu.get_model_parallel_world_size() > 1 else None
+        return GuardedAdamW(groups, max_grad_norm=t.grad_clip, tp_group=tp_group, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 
 
@@ -74,7 +101,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, stage: Stage, dp: int, mpu
     dp x sp ranks and gradients are summed over SP, averaged over DP); ``None`` otherwise."""
     import deepspeed
 
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, mpu)
     scheduler = build_lr_scheduler(optimizer, cfg)
     ds_config = build_ds_config(cfg, stage, dp)
     if uses_guarded_optimizer(cfg):

@@ -158,10 +158,6 @@ def validate(cfg: Config) -> None:
     _require(cfg.parallel.sequence >= 1, f"parallel.sequence must be >= 1, got {cfg.parallel.sequence}")
     check_sequence_parallel(cfg.model, cfg.parallel.sequence, cfg.train.seq_lens())  # d_model / heads / lengths
     check_tensor_parallel(cfg.model, cfg.parallel.tensor, cfg.parallel.sequence)  # d_model / d_inner / heads
-    _require(cfg.parallel.tensor == 1 or cfg.parallel.zero_stage in (1, 2),
-             f"parallel.tensor={cfg.parallel.tensor} needs parallel.zero_stage=1 or 2 (ZeRO-3 would partition the "
-             f"tensor-parallel shards over data-parallel ranks only; without ZeRO this app's fp32 optimizer clips "
-             f"by the norm of its own shards)")
     _require(cfg.parallel.sequence == 1 or cfg.parallel.zero_stage < 3,
              f"parallel.zero_stage=3 with parallel.sequence={cfg.parallel.sequence} is not supported (DeepSpeed "
              f"partitions ZeRO-3 parameters over data-parallel ranks only): use parallel.zero_stage=1 or 2, which "

@@ -6,7 +6,8 @@
 or a run directory. The checkpoint is verified against its manifest first. ZeRO checkpoints (stages 1-3, and
 bf16 runs) are gathered from the optimizer's fp32 master partitions with DeepSpeed's offline reader, so no
 process group and no GPU is needed; fp32 runs without ZeRO store the whole module and are read directly.
-Tensor-parallel runs (fp32) store one module file per TP rank, joined by the split specs saved with them.
+Tensor-parallel runs store one set of files per TP rank: each rank's weights are read as above (its module file in
+fp32 with ZeRO 0-2, its fp32 master partitions otherwise) and joined by the split specs saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -76,23 +77,46 @@ def _fp32_state_dict(ckpt: Path, cfg) -> dict[str, torch.Tensor]:
 
 
 def _merged_tensor_parallel_state_dict(ckpt: Path, cfg) -> dict[str, torch.Tensor]:
-    """The whole model from the per-TP-rank module files of an fp32 ZeRO 1 / 2 checkpoint (their weights are the
-    fp32 masters), joined by the split specs the trainer saved with it."""
+    """The whole model from the per-TP-rank files of a tensor-parallel checkpoint, joined by the split specs the
+    trainer saved with it. Each TP rank's weights are its module file's where those are the fp32 state (fp32 runs
+    with ZeRO 0, 1 or 2), else gathered from the fp32 master partitions of its optimizer files (bf16 runs keep bf16
+    module weights, rounded from the masters; ZeRO-3 module files hold no weights)."""
     from parallel import merge_tensor_parallel_state_dicts
 
     tp = cfg.parallel.tensor
-    if cfg.train.precision != "fp32":
-        raise ValueError(f"{ckpt} is a {cfg.train.precision} run with parallel.tensor={tp}: exporting it needs the "
-                         f"fp32 master partitions of every tensor-parallel rank, which is not supported yet (fp32 "
-                         f"tensor-parallel runs export)")
     specs = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False).get("tensor_parallel_specs")
-    files = [ckpt / f"mp_rank_{t:02d}_model_states.pt" for t in range(tp)]
-    missing = [f.name for f in files if not f.is_file()]
+    modules_are_fp32 = cfg.train.precision == "fp32" and cfg.parallel.zero_stage < 3
+    files = {t: sorted(ckpt.glob(f"*mp_rank_{t:02d}_*.pt")) for t in range(tp)}
+    module = "mp_rank_{:02d}_model_states.pt" if modules_are_fp32 else "*mp_rank_{:02d}_optim_states.pt"
+    missing = [module.format(t) for t in range(tp) if not any(f.match(module.format(t)) for f in files[t])]
     if specs is None or missing:
         raise ValueError(f"{ckpt} does not hold the {tp} tensor-parallel model files and their split specs "
                          f"(missing: {', '.join(missing) or 'tensor_parallel_specs in trainer_state.pt'})")
-    shards = [torch.load(f, map_location="cpu", weights_only=False)["module"] for f in files]
+    if modules_are_fp32:
+        shards = [torch.load(ckpt / module.format(t), map_location="cpu", weights_only=False)["module"]
+                  for t in range(tp)]
+    else:
+        shards = [_zero_fp32_state_dict_of_tp_rank(ckpt, files[t], t) for t in range(tp)]
+        # DeepSpeed's reader adds the second names of shared parameters (the tied LM head) on some ranks only:
+        # keep the names every rank has; the aliases are filled in again, and strict loading catches any other gap
+        common = set.intersection(*(set(shard) for shard in shards))
+        shards = [{k: v for k, v in shard.items() if k in common} for shard in shards]
     return merge_tensor_parallel_state_dicts(shards, specs)
+
+
+def _zero_fp32_state_dict_of_tp_rank(ckpt: Path, files: list[Path], tp_rank: int) -> dict[str, torch.Tensor]:
+    """TP rank ``tp_rank``'s fp32 weights from its ZeRO files: DeepSpeed's offline reader handles one model-parallel
+    rank, named ``mp_rank_00``, so it reads links to this rank's files under that name in a scratch directory."""
+    import tempfile
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="tp-export-") as tmp:
+        tag = Path(tmp) / ckpt.name
+        tag.mkdir()
+        for f in files:
+            (tag / f.name.replace(f"mp_rank_{tp_rank:02d}", "mp_rank_00")).symlink_to(f.resolve())
+        return get_fp32_state_dict_from_zero_checkpoint(tmp, tag=ckpt.name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,8 +211,8 @@ def test_saved_shards_merge_offline_and_foreign_files_are_refused():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["parallel.tensor=2", "parallel.zero_stage=0"], "parallel.tensor=2 needs parallel.zero_stage=1 or 2"),
-    (["parallel.tensor=2", "parallel.zero_stage=3"], "parallel.tensor=2 needs parallel.zero_stage=1 or 2"),
+    (["parallel.tensor=2", "parallel.sequence=2", "parallel.zero_stage=3"],
+     "parallel.zero_stage=3 with parallel.sequence=2 is not supported"),
     (["parallel.tensor=3", "parallel.zero_stage=1", "model.d_model=32"],
      "model.d_model=32 is not divisible by parallel.tensor=3"),
     (["parallel.tensor=2", "parallel.sequence=4", "parallel.zero_stage=1", "model.d_model=36", "model.d_inner=72"],
@@ -223,6 +223,14 @@ def test_training_config_refuses_bad_tensor_parallel_settings(overrides, message
 
     with pytest.raises(ValueError, match=message):
         resolve(None, ["data.path=unused", *overrides])
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+def test_training_config_accepts_tensor_parallelism_with_every_zero_stage(zero_stage):
+    from pretrain.args import resolve
+
+    cfg = resolve(None, ["data.path=unused", "parallel.tensor=2", f"parallel.zero_stage={zero_stage}"])
+    assert (cfg.parallel.tensor, cfg.parallel.zero_stage) == (2, zero_stage)
 
 
 def test_finetuning_config_refuses_tensor_parallelism():
