@@ -170,7 +170,7 @@ def test_bf16_tp2_exports_the_fp32_masters(shards, runs, tmp_path):
     # the masters, not the bf16 weights widened: most of them are not representable in bf16
     assert sum(not torch.equal(exported[k], modules[k].float()) for k in split) > len(split) // 2
     # the same model as the one-process bf16 run (up to the bf16 rounding of four steps' arithmetic)
-    torch.testing.assert_close(logits[2], logits[1], rtol=0, atol=0.05)
+    torch.testing.assert_close(logits[2], logits[1], rtol=0, atol=5e-3)
 
 
 def test_tp2_warm_starts_from_a_one_process_export(one_process, shards, runs, tmp_path):
