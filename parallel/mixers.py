@@ -265,7 +265,7 @@ class _FoldGate(torch.autograd.Function):
     """out = (y0 + fold) * silu(z), fold_t = sum_n C_t[n] exp(A cs_t) H[n] (per channel; cs_t = sum_{s<=t} Δ_s
     over the slice): the outputs of a scan from the carried-in state H, given the zero-state scan's y0 (D u
     included). Chunk by chunk along L, never a (B, L, Di, N) tensor. Its backward returns the gradients of y0
-    (= the fold's, gf, which it also leaves on the link), z and H; :class:`_SliceDecay` adds the fold's
+    (= the fold's, gf, written over the incoming gradient and also left on the link), z and H; :class:`_SliceDecay` adds the fold's
     gradients of delta, C, A_log and the dt bias."""
 
     @staticmethod
@@ -292,13 +292,15 @@ class _FoldGate(torch.autograd.Function):
         link, wide = ctx.link, ctx.wide
         A = -torch.exp(A_log.to(wide))
         Hw = H.to(wide)
-        gf, dz = torch.empty_like(y0), torch.empty_like(z)
+        # gf overwrites g, chunk by chunk once the chunk's dz is computed, where g is a plain buffer of y0's
+        # dtype (out_proj's input gradient): the backward then holds g, dz and the kept y0, not a fourth tensor.
+        gf = g if g.dtype == y0.dtype and g.is_contiguous() else torch.empty_like(y0)
+        dz = torch.empty_like(z)
         dH = torch.zeros_like(Hw)
         for i, (t0, t1) in enumerate(_fold_chunks(*delta.shape, A.shape[1])):
             zc, gc = z[:, t0:t1].to(wide), g[:, t0:t1].to(wide)
             sz = torch.sigmoid(zc)
             gfc = gc * zc * sz
-            gf[:, t0:t1] = gfc
             pre = y0[:, t0:t1].to(wide)
             if i < link.live:
                 _, _, E, Cc = _fold_terms(delta, C, A, bias, link.starts[i], t0, t1, wide)
@@ -307,6 +309,7 @@ class _FoldGate(torch.autograd.Function):
                 dH += torch.einsum("btdn,btd->bdn", E, gfc)
                 del E
             dz[:, t0:t1] = gc * pre * sz * (1 + zc * (1 - sz))
+            gf[:, t0:t1] = gfc  # after the last use of this chunk of g
         link.gf = gf
         return gf, dz, dH.to(H.dtype), None, None, None, None, None
 

@@ -181,8 +181,9 @@ def _pieces(cfg: ModelConfig, *, seq_len: int, sp: int, batch: int, a: int, impl
         if sp > 1:
             # parallel.mixers scans the slice once, from zero with D and without the gate, and folds the carried
             # state in afterwards: the fold keeps the scan's output y0 (Di) besides the gated output; its backward
-            # (dy, dy0, dz; y0 still kept, y freed) and then the scan's (dy0, dz, du, ddelta; y0 freed) hold as
-            # many Di as one process's scan backward, and the fold's delta and C gradients go into the scan's
+            # (dy, overwritten by dy0, and dz; y0 still kept, y freed) and then the scan's (dy0, dz, du, ddelta;
+            # y0 and in_proj's output freed) hold no more than one process's scan backward, and the fold's delta
+            # and C gradients go into the scan's buffers
             saved += a * n * di
         pieces.append(Piece("mamba mixer", saved, backward, ws))
     else:
