@@ -160,9 +160,9 @@ def validate(cfg: Config) -> None:
     check_tensor_parallel(cfg.model, cfg.parallel.tensor, cfg.parallel.sequence)  # d_model / d_inner / heads
     _require(cfg.parallel.tensor == 1 or cfg.parallel.zero_stage > 0 or cfg.train.precision == "fp32",
              f"parallel.tensor={cfg.parallel.tensor} with parallel.zero_stage=0 and train.precision=bf16 is not "
-             f"supported: without ZeRO DeepSpeed's bf16 optimizer accumulates bf16 gradients and its clipping norm is "
-             f"not the whole tensor-parallel model's; use parallel.zero_stage=1 or 2 (fp32 master weights and "
-             f"gradients, a tensor-parallel norm) or train.precision=fp32")
+             f"supported: without ZeRO DeepSpeed's bf16 optimizer takes the clipping norm of flattened gradient "
+             f"groups, which drops every tensor-parallel shard but TP rank 0's, so it is not the whole model's norm; "
+             f"use parallel.zero_stage=1 or 2 (a tensor-parallel norm, fp32 gradients) or train.precision=fp32")
     _require(cfg.parallel.sequence == 1 or cfg.parallel.zero_stage < 3,
              f"parallel.zero_stage=3 with parallel.sequence={cfg.parallel.sequence} is not supported (DeepSpeed "
              f"partitions ZeRO-3 parameters over data-parallel ranks only): use parallel.zero_stage=1 or 2, which "
