@@ -57,7 +57,8 @@ class SequenceDataParallelMPU:
 
     # data parallel replicas (DeepSpeed's batch arithmetic counts these, not SP ranks). ZeRO-3 would partition
     # its parameters over this group (zero.Init) but reduce over the sequence-data-parallel one, which does not
-    # give the single-process gradient: the training config refuses ZeRO-3 with SP (pretrain.config).
+    # give the single-process gradient: the training config refuses ZeRO-3 with SP (pretrain.config). Without SP the
+    # two groups are the same ranks (those holding this rank's TP shard), so ZeRO-3 with TP partitions correctly.
     def get_data_parallel_group(self):
         return self.dims.dp_group
 
