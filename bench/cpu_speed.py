@@ -123,6 +123,30 @@ def run_point(arch: str, impl: str, log2: int, reps: int) -> dict:
     return out
 
 
+def saved_floats(arch: str, log2: int = 12) -> float:
+    """Floats autograd keeps for the backward of one longdna forward (``checkpoint: false``, loss included), per
+    token, per layer and per d_model unit: every distinct storage packed by ``saved_tensors_hooks``, counted
+    once. The figure behind ``models.config.ACTIVATION_FLOATS``."""
+    import torch
+    import torch.nn.functional as F
+
+    L = 1 << log2
+    model = _build(arch, "longdna-off", L)
+    ids = torch.randint(7, 11, (1, L + 1), generator=torch.Generator().manual_seed(1))
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(ids[:, :-1])
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[0, 1:])
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = sum(n for ptr, n in storages.items() if ptr not in params)
+    return kept / 4 / L / N_LAYER / D_MODEL
+
+
 def _reps(log2: int) -> int:
     return 3 if log2 <= 15 else 2 if log2 <= 16 else 1
 
@@ -185,11 +209,18 @@ def main(argv=None) -> int:
                         help="skip mamba reference points past this length (its Python loop over L is slow)")
     parser.add_argument("--reps", type=int, help="timed steps per point (default: 3 up to 2^15, 2 at 2^16, 1 past)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "cpu_speed.json")
+    parser.add_argument("--saved-floats", action="store_true",
+                        help="only print the floats per token, layer and d_model that autograd keeps (longdna, "
+                             "checkpoint false, L = 2^12) for each --arch, and exit")
     parser.add_argument("--point", nargs=4, metavar=("ARCH", "IMPL", "LOG2", "REPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.point:
         arch, impl, log2, reps = args.point
         print(json.dumps(run_point(arch, impl, int(log2), int(reps))))
+        return 0
+    if args.saved_floats:
+        for arch in args.arch or ["hyena", "mamba"]:
+            print(json.dumps({"arch": arch, "L": 1 << 12, "saved_floats_per_token_layer_d": round(saved_floats(arch), 2)}))
         return 0
     command = " ".join(["python bench/cpu_speed.py", *(sys.argv[1:] if argv is None else argv)])
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}

@@ -20,8 +20,10 @@ from typing import Any, Literal, Optional, TypeVar, Union
 
 ARCHS = ("hyena", "mamba", "transformer")
 # Floats kept for the backward per token, per layer and per d_model unit by one block without checkpointing
-# (float32 CPU step, measured with bench/cpu_speed.py; mamba's scales with expand / 2). See ModelConfig.use_checkpoint.
-ACTIVATION_FLOATS = {"hyena": 24, "mamba": 24, "transformer": 16}
+# (float32 CPU step; mamba's scales with expand / 2). See ModelConfig.use_checkpoint. hyena: 15.15 counted by
+# `python bench/cpu_speed.py --saved-floats` (every tensor autograd keeps, d_model 128 x 2 layers, L = 2^12),
+# rounded up; the others measured with bench/cpu_speed.py's step memory.
+ACTIVATION_FLOATS = {"hyena": 16, "mamba": 24, "transformer": 16}
 
 
 @dataclass

@@ -200,6 +200,9 @@ class _GatedLongConv(torch.autograd.Function):
     def backward(ctx, g):
         p, conv_w, conv_b, k, D, y = ctx.saved_tensors
         d = p.shape[-1] // 3
+        groups = _backward_groups(p.shape[0], d, p.shape[1])
+        if len(groups) > 1:
+            return _gated_long_conv_backward_grouped(p, conv_w, conv_b, k, D, y, g, groups)
         uc = causal_depthwise_conv_forward(p, conv_w, conv_b)
         x0, x1, v = uc.split(d, dim=-1)
         duc = torch.empty_like(uc)
@@ -213,3 +216,40 @@ class _GatedLongConv(torch.autograd.Function):
         del uc, dw
         dp, dconv_w, dconv_b = causal_depthwise_conv_backward(p, conv_w, conv_b, duc)
         return dp, dconv_w, dconv_b, dk, dD
+
+
+# Channels per group in _GatedLongConv's backward at long L: the group's spectra (batch x group x (L+1) complex
+# numbers) stay near this many elements (16 MiB in complex64). The backward's transients (the recomputed short
+# conv output, its gradient, the FFT buffers) then scale with the group instead of with all d channels.
+BACKWARD_GROUP_ELEMENTS = 1 << 21
+
+
+def _backward_groups(batch: int, d: int, length: int) -> list[tuple[int, int]]:
+    step = max(1, BACKWARD_GROUP_ELEMENTS // (batch * (length + 1)))
+    return [(c0, min(c0 + step, d)) for c0 in range(0, d, step)]
+
+
+def _gated_long_conv_backward_grouped(p, conv_w, conv_b, k, D, y, g, groups):
+    """``_GatedLongConv.backward`` one channel group at a time: every step of the chain (short conv, gates, FFT
+    conv) is per channel, so each group's x0 / x1 / v columns are recomputed, differentiated and written into
+    ``dp`` on their own; only ``dp`` and the parameter gradients are full size."""
+    d = p.shape[-1] // 3
+    dp = torch.empty_like(p)
+    dconv_w, dconv_b = torch.empty_like(conv_w), torch.empty_like(conv_b) if conv_b is not None else None
+    dk, dD = torch.empty_like(k), torch.empty_like(D)
+    for c0, c1 in groups:
+        cols = [slice(j * d + c0, j * d + c1) for j in range(3)]
+        x0, x1, v = (causal_depthwise_conv_forward(p[..., c], conv_w[c], None if conv_b is None else conv_b[c])
+                     for c in cols)
+        gc = g[..., c0:c1]
+        dw, dk[c0:c1], dD[c0:c1] = fftconv_backward_ref(x1.mul(v).transpose(1, 2), k[c0:c1], D[c0:c1],
+                                                        (gc * x0).transpose(1, 2))
+        dw = dw.transpose(1, 2)
+        for c, dx in zip(cols, (gc * y[..., c0:c1], dw * v, dw * x1)):
+            dpc, dconv_w[c], dbc = causal_depthwise_conv_backward(p[..., c], conv_w[c],
+                                                                  None if conv_b is None else conv_b[c], dx)
+            dp[..., c] = dpc
+            if conv_b is not None:
+                dconv_b[c] = dbc
+        del x0, x1, v, dw
+    return dp, dconv_w, dconv_b, dk, dD

@@ -97,6 +97,9 @@ class _GeluMlp(torch.autograd.Function):
     def backward(ctx, g):
         x, h, w1, w2 = ctx.saved_tensors
         g2 = g.reshape(-1, g.shape[-1])
+        step = max(1, MLP_BACKWARD_CHUNK_ELEMENTS // h.shape[-1])
+        if g2.shape[0] > step:
+            return _gelu_mlp_backward_chunked(ctx, x, h, w1, w2, g2, step)
         a = F.gelu(h, approximate="tanh").reshape(-1, h.shape[-1])
         dw2 = g2.t().mm(a)
         del a
@@ -107,6 +110,31 @@ class _GeluMlp(torch.autograd.Function):
         db2 = g2.sum(0) if ctx.has_bias[1] else None
         dx = torch.matmul(dh, w1) if ctx.needs_input_grad[0] else None
         return dx, dw1, db1, dw2, db2
+
+
+# Rows per chunk of _GeluMlp's backward at long L: chunk x hidden stays near this many elements (16 MiB in
+# float32), so the recomputed GELU and the hidden gradient are chunk-sized transients, not (tokens, hidden) ones.
+MLP_BACKWARD_CHUNK_ELEMENTS = 1 << 22
+
+
+def _gelu_mlp_backward_chunked(ctx, x, h, w1, w2, g2, step):
+    """``_GeluMlp.backward`` over chunks of ``step`` tokens (weight gradients accumulated chunk by chunk)."""
+    x2, h2 = x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1])
+    dw1, dw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    db1 = torch.zeros(h2.shape[1], dtype=h2.dtype, device=h2.device) if ctx.has_bias[0] else None
+    dx = torch.empty_like(x2) if ctx.needs_input_grad[0] else None
+    for r0 in range(0, g2.shape[0], step):
+        rows = slice(r0, r0 + step)
+        gc, hc = g2[rows], h2[rows]
+        dw2.addmm_(gc.t(), F.gelu(hc, approximate="tanh"))
+        dh = torch.ops.aten.gelu_backward(gc.mm(w2), hc, approximate="tanh")
+        dw1.addmm_(dh.t(), x2[rows])
+        if db1 is not None:
+            db1 += dh.sum(0)
+        if dx is not None:
+            torch.mm(dh, w1, out=dx[rows])
+    db2 = g2.sum(0) if ctx.has_bias[1] else None
+    return (None if dx is None else dx.view(x.shape)), dw1, db1, dw2, db2
 
 
 class GatedMlp(nn.Module):
