@@ -283,3 +283,22 @@ def test_tp_plan_lists_what_the_app_accepts_and_pick_args(capsys):
     assert capsys.readouterr().out.strip() == f"parallel.tensor={rec['tp']} parallel.sequence={rec['sp']}"
     assert main(args + ["--tp", "1", "--json"]) == 0
     assert {s["tp"] for s in json.loads(capsys.readouterr().out)["settings"]} == {1}
+
+
+def test_tensor_parallel_bench_matches_todays_planner_and_formulas():
+    """bench/results/tensor_parallel.json (TP 1, 2 x SP 1, 2 on gloo processes): every rank held the parameters
+    today's planner counts for its TP degree, AdamW state of twice that, and started TP all-reduces and SP
+    collectives of exactly the bytes of the formulas."""
+    out = json.loads((REPO / "bench" / "results" / "tensor_parallel.json").read_text())
+    m = out["model"]
+    cfg = ModelConfig(arch=m["arch"], d_model=m["d_model"], n_layer=m["n_layer"], l_max=m["l_max"],
+                      checkpoint_activations=m["checkpoint_activations"])
+    ranks = out["ranks"]
+    assert {(r["tp"], r["sp"]) for r in ranks} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    for r in ranks:
+        assert "error" not in r
+        assert r["param_bytes"] == 4 * tp_num_parameters(cfg, r["tp"]) == r["planner_param_bytes"]
+        assert r["optimizer_bytes"] == 2 * r["param_bytes"] == r["planner_optimizer_bytes"]
+        assert r["tp_bytes_per_layer"] == r["tp_bytes_per_layer_formula"]
+        assert r["sp_bytes_layer0"] == r["sp_bytes_layer0_formula"]
+        assert (r["tp_bytes_per_layer"]["forward"] > 0) == (r["tp"] > 1)
