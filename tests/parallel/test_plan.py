@@ -83,12 +83,15 @@ def test_estimate_within_25_percent_of_measured_rss_peaks():
     assert checked == 6
 
 
-def _profiled_peak(cfg: ModelConfig, L: int) -> int:
-    """Peak bytes of live tensors during one forward + backward (the profiler's allocation events)."""
+def _profiled_peak(cfg: ModelConfig, L: int, split=None) -> int:
+    """Peak bytes of live tensors during one forward + backward (the profiler's allocation events); ``split``
+    (e.g. apply_tensor_parallel with its dims) is applied to the model first."""
     from torch.profiler import profile
 
     torch.manual_seed(0)
     model = models.build_model(cfg)
+    if split is not None:
+        model = split(model)
     ids = torch.randint(7, 11, (1, L + 1))
     with profile(profile_memory=True) as prof:
         logits = model(ids[:, :-1])
@@ -302,3 +305,28 @@ def test_tensor_parallel_bench_matches_todays_planner_and_formulas():
         assert r["tp_bytes_per_layer"] == r["tp_bytes_per_layer_formula"]
         assert r["sp_bytes_layer0"] == r["sp_bytes_layer0_formula"]
         assert (r["tp_bytes_per_layer"]["forward"] > 0) == (r["tp"] > 1)
+
+
+def _tp_profiled_peaks(payload):
+    """(on each of 2 gloo processes) the live-tensor peak of one TP = 2 rank for each (config, L)."""
+    from parallel import ParallelDims, apply_tensor_parallel
+
+    dims = ParallelDims(dp=1, tp=2).build()
+    torch.manual_seed(1)  # the same ids on both ranks
+    return [_profiled_peak(cfg, L, lambda m: apply_tensor_parallel(m, dims)) for cfg, L in payload]
+
+
+@pytest.mark.distributed
+def test_tp_estimate_matches_profiled_live_tensors_of_one_tp_rank(tmp_path):
+    """The TP terms (mixer inner channels and MLP hidden units 1/tp, residual stream, norms and head whole) against
+    the allocator's live bytes on one rank of a real TP = 2 split, with and without checkpointing."""
+    from tp_harness import spawn
+
+    L = 1 << 12
+    cfgs = [_cfg("hyena", d_model=64, l_max=L, checkpoint_activations=ckpt) for ckpt in (True, False)]
+    measured = spawn(_tp_profiled_peaks, world=2, payload=[(c, L) for c in cfgs], tmp=tmp_path)
+    for cfg, peak in zip(cfgs, measured):
+        est = sum(activation_bytes(cfg, seq_len=L, impl="torch", tp=2))
+        one = sum(activation_bytes(cfg, seq_len=L, impl="torch"))
+        assert abs(est / peak - 1) <= 0.25, (cfg.checkpoint_activations, est, peak)
+        assert est < one
