@@ -18,9 +18,8 @@ Every estimate is a formula of the model's shapes (no fitted constant), in bytes
   and its filter; Mamba's d_inner: x, z, conv, scan; attention heads) and the MLP's hidden units: those
   activations and workspaces count 1/tp. It replicates the residual stream, the norms and their outputs (the
   column-parallel layers' input), Mamba's (dt, B, C) and the loss head's logits: those count whole. A TP group
-  stays in one node; so does its SP group (tp x sp divides the GPUs of a node), and for tp > 1 only the ZeRO
-  stages the training app accepts there are listed (:func:`tp_zero_refused`: not ZeRO 0 in bf16, not ZeRO 3
-  with SP).
+  stays in one node; so does its SP group (tp x sp divides the GPUs of a node). Only the ZeRO stages the
+  training app accepts are listed (:func:`zero_refused`: not ZeRO 0 with TP in bf16, not ZeRO 3 with SP).
 - **activations**: what each architecture's code keeps for the backward (derived from models/*.py,
   kernels/*/ref.py and parallel/mixers.py; see :func:`_pieces`), at the moment of the backward where the most is
   alive: every checkpointed piece input still waiting (fp32 residual stream), the residual gradient, and the
@@ -49,12 +48,12 @@ ZERO_PREFERENCE = (1, 2, 0, 3)  # stage 1/2 cost no more traffic than plain data
 TP_DEGREES = (1, 2, 4, 8)
 
 
-def tp_zero_refused(tp: int, sp: int, zero_stage: int, precision: str) -> str | None:
-    """Why the training app (pretrain/config.py) refuses ZeRO stage ``zero_stage`` with tensor parallelism ``tp``
-    > 1 at SP ``sp`` and ``precision``, or None if it accepts it."""
+def zero_refused(tp: int, sp: int, zero_stage: int, precision: str) -> str | None:
+    """Why the training app (pretrain/config.py) refuses ZeRO stage ``zero_stage`` at tensor parallelism ``tp``,
+    sequence parallelism ``sp`` and ``precision``, or None if it accepts it."""
     if tp > 1 and zero_stage == 0 and precision != "fp32":
         return "ZeRO 0 with TP needs fp32 (bf16 without ZeRO is refused)"
-    if tp > 1 and zero_stage == 3 and sp > 1:
+    if sp > 1 and zero_stage == 3:
         return "ZeRO 3 with SP is refused"
     return None
 SCAN_WS_TENSORS = 7  # (chunk, B, Di, N) tensors alive in a chunk's backward (decay, states, adjoint, ...)
@@ -380,8 +379,8 @@ def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb:
 
     ``stages``: ``(seq_len, micro_batch)`` of every window length of the run (the peak over them counts), or a
     function of the number of ranks sharing one window, sp x tp, returning them (the micro-batch depends on
-    dp = gpus / (sp x tp)). ``zero_stages``: the ZeRO stages to consider (for tp > 1 only those the app accepts
-    there, :func:`tp_zero_refused`). ``tp_degrees_``: the TP degrees to consider (default every one of
+    dp = gpus / (sp x tp)). ``zero_stages``: the ZeRO stages to consider (only those the app accepts at each
+    (tp, sp), :func:`zero_refused`). ``tp_degrees_``: the TP degrees to consider (default every one of
     :data:`TP_DEGREES` the model and the nodes allow; ``(1,)`` plans without tensor parallelism).
     ``num_params``: the whole model's count (default: counted); one TP rank's is :func:`tp_num_parameters`.
     Returns ``{"settings": [Setting...], "excluded_sp": {sp: reason} (at tp = 1), "excluded_tp": {tp: reason},
@@ -420,7 +419,7 @@ def plan(cfg: ModelConfig, *, stages, gpus: int, gpus_per_node: int, gpu_mem_gb:
                 act, ws = max(activation_bytes(cfg, seq_len=L, sp=sp, batch=b, precision=precision, checkpoint=ckpt,
                                                impl=impl, tp=tp) for L, b in stages_of(sp * tp))
                 for zero in zero_stages:
-                    if tp_zero_refused(tp, sp, zero, precision):
+                    if zero_refused(tp, sp, zero, precision):
                         continue
                     p, g, o = state_bytes(P_tp, precision=precision, zero_stage=zero, world=gpus // tp)
                     total = p + g + o + act + ws
