@@ -16,7 +16,7 @@ from typing import Any
 
 from models.config import ModelConfig, from_dict
 from pretrain.config import (BACKENDS, KERNEL_IMPLS, OWNED_DEEPSPEED_KEYS, PRECISIONS, KernelsConfig, ParallelConfig,
-                             RunConfig)
+                             RunConfig, check_bf16_zero)
 
 BACKBONE_SOURCES = ("random", "pretrained", "checkpoint", "hyenadna", "mamba_ssm")
 POOLINGS = ("mean", "last")
@@ -202,6 +202,7 @@ def validate(cfg: FinetuneConfig) -> None:
              ">= 0 and train.eps > 0")
     _one_of(t.precision, PRECISIONS, "train.precision")
     _one_of(cfg.parallel.zero_stage, (0, 1, 2, 3), "parallel.zero_stage")
+    check_bf16_zero(t.precision, cfg.parallel.zero_stage)
     _one_of(cfg.parallel.backend, BACKENDS, "parallel.backend")
     _require(cfg.parallel.sequence == 1, "parallel.sequence must be 1 for fine-tuning (whole sequences per rank)")
     _require(cfg.parallel.tensor == 1, "parallel.tensor must be 1 for fine-tuning (no tensor parallelism there)")

@@ -62,7 +62,8 @@ class SequenceClassifier(nn.Module):
             prompt = self.prompt.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)
             hidden = self.backbone.hidden_states(inputs_embeds=torch.cat([prompt, embeds], dim=1))
             hidden = hidden[:, self.num_prompts:]
-        return self.head(self.dropout(pool(hidden.float(), attention_mask, self.pooling)))
+        pooled = pool(hidden.float(), attention_mask, self.pooling)  # summed in fp32, then the head's dtype (bf16 runs)
+        return self.head(self.dropout(pooled.to(self.head.weight.dtype)))
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

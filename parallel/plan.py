@@ -19,7 +19,7 @@ Every estimate is a formula of the model's shapes (no fitted constant), in bytes
   activations and workspaces count 1/tp. It replicates the residual stream, the norms and their outputs (the
   column-parallel layers' input), Mamba's (dt, B, C) and the loss head's logits: those count whole. A TP group
   stays in one node; so does its SP group (tp x sp divides the GPUs of a node). Only the ZeRO stages the
-  training app accepts are listed (:func:`zero_refused`: not ZeRO 0 with TP in bf16, not ZeRO 3 with SP).
+  training app accepts are listed (:func:`zero_refused`: not ZeRO 0 in bf16, not ZeRO 3 with SP).
 - **activations**: what each architecture's code keeps for the backward (derived from models/*.py,
   kernels/*/ref.py and parallel/mixers.py; see :func:`_pieces`), at the moment of the backward where the most is
   alive: every checkpointed piece input still waiting (fp32 residual stream), the residual gradient, and the
@@ -51,8 +51,8 @@ TP_DEGREES = (1, 2, 4, 8)
 def zero_refused(tp: int, sp: int, zero_stage: int, precision: str) -> str | None:
     """Why the training app (pretrain/config.py) refuses ZeRO stage ``zero_stage`` at tensor parallelism ``tp``,
     sequence parallelism ``sp`` and ``precision``, or None if it accepts it."""
-    if tp > 1 and zero_stage == 0 and precision != "fp32":
-        return "ZeRO 0 with TP needs fp32 (bf16 without ZeRO is refused)"
+    if zero_stage == 0 and precision != "fp32":
+        return "bf16 without ZeRO is refused"
     if sp > 1 and zero_stage == 3:
         return "ZeRO 3 with SP is refused"
     return None

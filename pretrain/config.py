@@ -158,11 +158,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.parallel.sequence >= 1, f"parallel.sequence must be >= 1, got {cfg.parallel.sequence}")
     check_sequence_parallel(cfg.model, cfg.parallel.sequence, cfg.train.seq_lens())  # d_model / heads / lengths
     check_tensor_parallel(cfg.model, cfg.parallel.tensor, cfg.parallel.sequence)  # d_model / d_inner / heads
-    _require(cfg.parallel.tensor == 1 or cfg.parallel.zero_stage > 0 or cfg.train.precision == "fp32",
-             f"parallel.tensor={cfg.parallel.tensor} with parallel.zero_stage=0 and train.precision=bf16 is not "
-             f"supported: without ZeRO DeepSpeed's bf16 optimizer takes the clipping norm of flattened gradient "
-             f"groups, which drops every tensor-parallel shard but TP rank 0's, so it is not the whole model's norm; "
-             f"use parallel.zero_stage=1 or 2 (a tensor-parallel norm, fp32 gradients) or train.precision=fp32")
+    check_bf16_zero(cfg.train.precision, cfg.parallel.zero_stage)
     _require(cfg.parallel.sequence == 1 or cfg.parallel.zero_stage < 3,
              f"parallel.zero_stage=3 with parallel.sequence={cfg.parallel.sequence} is not supported (DeepSpeed "
              f"partitions ZeRO-3 parameters over data-parallel ranks only): use parallel.zero_stage=1 or 2, which "
@@ -173,6 +169,17 @@ def validate(cfg: Config) -> None:
         _require(key not in cfg.deepspeed,
                  f"deepspeed.{key} is generated from train.tokens_per_step / train.micro_batch_tokens and the warm-up "
                  f"stages; set those instead")
+
+
+def check_bf16_zero(precision: str, zero_stage: int) -> None:
+    """bf16 needs ZeRO >= 1 (pretraining and fine-tuning): DeepSpeed 0.19 has fp32 gradient accumulation for bf16
+    only in its ZeRO optimizers."""
+    _require(zero_stage > 0 or precision == "fp32",
+             f"train.precision=bf16 with parallel.zero_stage=0 is not supported: without ZeRO DeepSpeed accumulates "
+             f"the gradients in bf16 (fp32 accumulation exists only with ZeRO), its checkpoints hold no parameter "
+             f"shapes for pretrain.export, and with parallel.tensor > 1 its clipping norm leaves out the shards of "
+             f"every tensor-parallel rank but the first; use parallel.zero_stage=1 (fp32 gradients and masters, the "
+             f"optimizer state partitioned) or train.precision=fp32")
 
 
 def _validate_run_data(cfg: Config) -> None:

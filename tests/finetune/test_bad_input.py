@@ -61,3 +61,14 @@ def test_config_mistakes_name_the_key(tmp_path, gb_files, capsys):
         main(tiny_args(tmp_path, "r", gb_files["small"], gb_files["test"], **{"tuning.num_prompts": 4}))
     assert "soft_prompt" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_bf16_without_zero_is_refused(tmp_path, gb_files, capsys):
+    args = tiny_args(tmp_path, "r", gb_files["train"], gb_files["test"],
+                     **{"train.precision": "bf16", "parallel.zero_stage": 0})
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "train.precision=bf16 with parallel.zero_stage=0 is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(args[:-1] + ["parallel.zero_stage=1", "--print-config"]) == 0  # the way out it names is accepted

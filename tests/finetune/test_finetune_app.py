@@ -106,3 +106,13 @@ def test_species_task_runs_through_the_app(tmp_path, sample_data):
     assert results["class_names"] == ["human", "chimpanzee", "orangutan"]
     assert results["test"]["examples"] == 24 and results["valid"]["examples"] == 24
     assert set(results["test"]) >= {"f1_human", "f1_chimpanzee", "f1_orangutan", "mcc"}
+
+
+def test_bf16_with_zero_1_runs(tmp_path, gb_files):
+    """The shipped task configs' precision (bf16, ZeRO 1): the fp32 pooled features meet a bf16 head."""
+    args = tiny_args(tmp_path, "bf16", gb_files["small"], gb_files["small"], **{
+        "train.precision": "bf16", "parallel.zero_stage": 1, "train.max_steps": 2, "train.ckpt_every": 0})
+    proc = run_finetune(args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16") if "split" not in r]
+    assert len(losses) == 2 and all(0.0 < loss < 5.0 for loss in losses), losses

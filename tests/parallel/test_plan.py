@@ -259,11 +259,13 @@ def test_tp_plan_lists_what_the_app_accepts_and_pick_args(capsys):
     cfg = _cfg("mamba", d_model=1024, n_layer=24)
     result = plan(cfg, stages=[(1 << 16, 1)], gpus=8, gpus_per_node=8, gpu_mem_gb=80, precision="bf16")
     assert {s.tp for s in result["settings"]} == {1, 2, 4, 8}
-    # the app refuses TP with ZeRO 0 in bf16, and ZeRO 3 with SP
-    assert {s.zero_stage for s in result["settings"] if s.tp > 1 and s.sp == 1} == {1, 2, 3}
-    assert {s.zero_stage for s in result["settings"] if s.tp > 1 and s.sp > 1} == {1, 2}
+    # the app refuses ZeRO 0 in bf16 and ZeRO 3 with SP, at every TP degree
+    for tp in (1, 2):
+        assert {s.zero_stage for s in result["settings"] if s.tp == tp and s.sp == 1} == {1, 2, 3}
+        assert {s.zero_stage for s in result["settings"] if s.tp == tp and s.sp > 1} == {1, 2}
     fp32 = plan(cfg, stages=[(1 << 16, 1)], gpus=8, gpus_per_node=8, gpu_mem_gb=80, precision="fp32")
     assert {s.zero_stage for s in fp32["settings"] if s.tp > 1 and s.sp == 1} == {0, 1, 2, 3}
+    assert {s.zero_stage for s in fp32["settings"] if s.sp > 1} == {0, 1, 2}
     z3 = next(s for s in result["settings"] if (s.tp, s.sp, s.zero_stage, s.checkpoint) == (2, 1, 3, True))
     assert z3.params == 2 * tp_num_parameters(cfg, 2) / 4  # ZeRO 3 over the 4 ranks holding the same shard
     assert all(s.tp * s.sp * s.dp == 8 for s in result["settings"])

@@ -42,6 +42,8 @@ def test_overrides_reach_lists_and_flow_values():
     ("train.tokens_per_step=1000", r"not a multiple of window length 1024"),
     ("train.precision=fp16", r"train.precision must be one of \['fp32', 'bf16'\]"),
     ("parallel.zero_stage=4", r"parallel.zero_stage must be one of"),
+    ("train.precision=bf16", r"train.precision=bf16 with parallel.zero_stage=0 is not supported.*accumulates the "
+                             r"gradients in bf16.*use parallel.zero_stage=1"),
     ("parallel.sequence=3", r"window length 1024 is not divisible by parallel.sequence=3"),
     ("train.min_lr=1.0", r"train.min_lr must lie in"),
     ("train.warmup_stages=[{seq_len: 512}]", r"needs exactly one of tokens / epochs"),
