@@ -116,27 +116,30 @@ def run_rank(arch: str, log2: int, sp: int, rank: int, port: int) -> dict:
     return out
 
 
-def _free_port() -> int:
+def launch_ranks(script: str, rank_args, world: int, failed: dict) -> list[dict]:
+    """Run ``python script --rank *rank_args(r, port)`` for every rank r of ``world`` (one thread each, one
+    rendezvous port); each rank's JSON line, rank order, or ``failed`` plus ``rank`` and the error's last lines."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_point(arch: str, log2: int, sp: int) -> list[dict]:
-    """Start ``sp`` rank processes for one point; their results, rank order (an ``error`` entry on failure)."""
-    port = _free_port()
+        port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, "--rank", arch, str(log2), str(sp), str(r), str(port)],
+    procs = [subprocess.Popen([sys.executable, script, "--rank", *map(str, rank_args(r, port))],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in range(sp)]
+             for r in range(world)]
     rows = []
     for r, p in enumerate(procs):
         out, err = p.communicate()
         if p.returncode != 0:
-            rows.append({"arch": arch, "L": 1 << log2, "sp": sp, "rank": r, "error": err.strip().splitlines()[-3:]})
+            rows.append({**failed, "rank": r, "error": err.strip().splitlines()[-3:]})
         else:
             rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
+
+
+def run_point(arch: str, log2: int, sp: int) -> list[dict]:
+    """Start ``sp`` rank processes for one point; their results, rank order (an ``error`` entry on failure)."""
+    return launch_ranks(__file__, lambda r, port: (arch, log2, sp, r, port), sp,
+                        {"arch": arch, "L": 1 << log2, "sp": sp})
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -32,8 +32,6 @@ import argparse
 import json
 import os
 import resource
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -169,29 +167,12 @@ def run_rank(arch: str, d_model: int, n_layer: int, log2: int, tp: int, sp: int,
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_point(arch: str, d_model: int, n_layer: int, log2: int, tp: int, sp: int) -> list[dict]:
     """Start ``tp * sp`` rank processes for one point; their results, rank order (an ``error`` entry on failure)."""
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, "--rank", arch, str(d_model), str(n_layer), str(log2),
-                               str(tp), str(sp), str(r), str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in range(tp * sp)]
-    rows = []
-    for r, p in enumerate(procs):
-        out, err = p.communicate()
-        if p.returncode != 0:
-            rows.append({"arch": arch, "L": 1 << log2, "tp": tp, "sp": sp, "rank": r,
-                         "error": err.strip().splitlines()[-3:]})
-        else:
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-    return rows
+    from bench.sequence_parallel import launch_ranks
+
+    return launch_ranks(__file__, lambda r, port: (arch, d_model, n_layer, log2, tp, sp, r, port), tp * sp,
+                        {"arch": arch, "L": 1 << log2, "tp": tp, "sp": sp})
 
 
 def summarize(rows: list[dict]) -> list[dict]:
