@@ -78,8 +78,8 @@ class ModelConfig:
     ``checkpoint``: activation checkpointing of every block (norm + mixer and norm + MLP recomputed in the
     backward): ``true``, ``false``, or ``"auto"`` (default), decided at each forward from the input's shape:
     on only when :meth:`activation_bytes` (what the blocks would keep for the backward) exceeds
-    ``checkpoint_budget_gb`` (1 GiB: d_model 128 × 2 layers in float32 turns it on past ~43k tokens per
-    window at batch 1), so short windows never pay for the recomputation. ``checkpoint_activations`` is the
+    ``checkpoint_budget_gb`` (8 GiB: a Hyena of d_model 128 × 2 layers in float32 turns it on past 2^19 tokens
+    per window at batch 1), so windows whose activations fit never pay for the recomputation. ``checkpoint_activations`` is the
     former boolean key, still read (it wins when set; giving both with different values is an error).
     """
 
@@ -96,7 +96,7 @@ class ModelConfig:
     initializer_range: float = 0.02
     residual_in_fp32: bool = True
     checkpoint: Union[bool, Literal["auto"]] = "auto"
-    checkpoint_budget_gb: float = 1.0
+    checkpoint_budget_gb: float = 8.0
     checkpoint_activations: Optional[bool] = None  # the former name of `checkpoint` (read from older configs)
     hyena: HyenaConfig = field(default_factory=HyenaConfig)
     mamba: MambaConfig = field(default_factory=MambaConfig)

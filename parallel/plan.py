@@ -263,7 +263,7 @@ def _checkpoint_default(cfg: ModelConfig, seq_len: int, sp: int, batch: int, pre
     if mode == "auto":
         off = sum(activation_bytes(cfg, seq_len=seq_len, sp=sp, batch=batch, precision=precision, checkpoint=False,
                                    tp=tp))
-        return off > getattr(cfg, "checkpoint_budget_gb", 1.0) * 2**30
+        return off > getattr(cfg, "checkpoint_budget_gb", 8.0) * 2**30
     return bool(mode)
 
 

@@ -215,7 +215,7 @@ def test_checkpoint_auto_is_the_default_and_follows_the_activation_budget():
     per_token = cfg.activation_bytes(1, 1)
     assert per_token == 16 * 128 * 2 * 4  # models.config.ACTIVATION_FLOATS['hyena']
     threshold = int(cfg.checkpoint_budget_gb * 2**30 // per_token)  # longest batch-1 window kept in memory
-    assert threshold == 1 << 16 and not cfg.use_checkpoint(1, 1024) and not cfg.use_checkpoint(1, threshold)
+    assert threshold == 1 << 19 and not cfg.use_checkpoint(1, 1024) and not cfg.use_checkpoint(1, threshold)
     assert cfg.use_checkpoint(1, threshold + 1) and cfg.use_checkpoint(2, threshold // 2 + 1)
     assert cfg.use_checkpoint(1, 1 << 20)
     small = models.build_model({"arch": "hyena", "d_model": 128, "n_layer": 2, "checkpoint_budget_gb": 0.001})
