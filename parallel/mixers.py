@@ -166,11 +166,12 @@ FOLD_CHUNK_ELEMENTS = 1 << 20  # (b, t, Di, N) elements of exp(A cs_t) the fold 
 
 
 class _FoldLink:
-    """Shared by one call's :class:`_SliceDecay` and :class:`_FoldGate`: the slice's cumulative Δ at every
-    fold chunk start and the number of chunks where the carried state is not yet exactly 0 (set in the
-    forward), and the fold's output gradient (set by ``_FoldGate``'s backward, used and dropped by
-    ``_SliceDecay``'s)."""
+    """Shared by one call's :class:`_SliceDecay` and :class:`_FoldGate`: the fold's chunks along the slice, the
+    slice's cumulative Δ at every chunk start and the number of chunks where the carried state is not yet
+    exactly 0 (set in the forward), and the fold's output gradient (set by ``_FoldGate``'s backward, used and
+    dropped by ``_SliceDecay``'s)."""
 
+    chunks: list
     starts: list
     live: int
     H: torch.Tensor | None = None
@@ -218,9 +219,9 @@ class _SliceDecay(torch.autograd.Function):
         underflow = math.log(torch.finfo(wide).tiny * torch.finfo(wide).eps) - 1.0
         top = A.max(dim=-1).values  # the slowest decay of each channel
         link.live = next((i for i, st in enumerate(starts) if float((st * top).max()) < underflow), len(chunks))
-        link.starts = starts
+        link.chunks, link.starts = chunks, starts
         decay = torch.exp(s[..., None] * A)
-        ctx.link, ctx.chunks, ctx.wide = link, chunks, wide
+        ctx.link, ctx.wide = link, wide
         ctx.save_for_backward(delta, C, A_log, bias, s, decay)
         return decay, delta.view_as(delta), C.view_as(C)
 
@@ -238,7 +239,7 @@ class _SliceDecay(torch.autograd.Function):
         dbias = torch.zeros(delta.shape[2], dtype=wide, device=delta.device)
         gf, link.gf = link.gf, None
         H = link.H
-        for i, (t0, t1) in reversed(list(enumerate(ctx.chunks))):
+        for i, (t0, t1) in reversed(list(enumerate(link.chunks))):
             if gf is not None and i < link.live:
                 x, cs, E, Cc = _fold_terms(delta, C, A, bias, link.starts[i], t0, t1, wide)
                 gfc = gf[:, t0:t1].to(wide)
@@ -264,9 +265,9 @@ class _SliceDecay(torch.autograd.Function):
 class _FoldGate(torch.autograd.Function):
     """out = (y0 + fold) * silu(z), fold_t = sum_n C_t[n] exp(A cs_t) H[n] (per channel; cs_t = sum_{s<=t} Δ_s
     over the slice): the outputs of a scan from the carried-in state H, given the zero-state scan's y0 (D u
-    included). Chunk by chunk along L, never a (B, L, Di, N) tensor. Its backward returns the gradients of y0
-    (= the fold's, gf, written over the incoming gradient and also left on the link), z and H; :class:`_SliceDecay` adds the fold's
-    gradients of delta, C, A_log and the dt bias."""
+    included). Chunk by chunk along L (the link's chunks), never a (B, L, Di, N) tensor. Its backward returns the
+    gradients of y0 (= the fold's, gf, written over the incoming gradient and also left on the link), z and H;
+    :class:`_SliceDecay` adds the fold's gradients of delta, C, A_log and the dt bias."""
 
     @staticmethod
     def forward(ctx, y0, z, H, delta, C, A_log, bias, link):
@@ -275,7 +276,7 @@ class _FoldGate(torch.autograd.Function):
         out = torch.empty_like(y0)
         Hw = H.to(wide)
         link.H = Hw
-        for i, (t0, t1) in enumerate(_fold_chunks(*delta.shape, A.shape[1])):
+        for i, (t0, t1) in enumerate(link.chunks):
             pre = y0[:, t0:t1].to(wide)
             if i < link.live:
                 _, _, E, Cc = _fold_terms(delta, C, A, bias, link.starts[i], t0, t1, wide)
@@ -297,7 +298,7 @@ class _FoldGate(torch.autograd.Function):
         gf = g if g.dtype == y0.dtype and g.is_contiguous() else torch.empty_like(y0)
         dz = torch.empty_like(z)
         dH = torch.zeros_like(Hw)
-        for i, (t0, t1) in enumerate(_fold_chunks(*delta.shape, A.shape[1])):
+        for i, (t0, t1) in enumerate(link.chunks):
             zc, gc = z[:, t0:t1].to(wide), g[:, t0:t1].to(wide)
             sz = torch.sigmoid(zc)
             gfc = gc * zc * sz
