@@ -510,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tp", type=int, action="append", choices=TP_DEGREES,
                         help="repeatable: consider only these tensor-parallel degrees (default all the model and "
                              "the nodes allow; --tp 1: no tensor parallelism)")
-    parser.add_argument("--pick", action="store_true", help="print only the recommended SP degree")
+    parser.add_argument("--pick", action="store_true",
+                        help="print only the recommended SP degree of the plans without tensor parallelism (with "
+                             "--tp: of those degrees; a recommendation with TP > 1 needs --pick-args)")
     parser.add_argument("--pick-args", action="store_true",
                         help="print only the recommended 'parallel.tensor=T parallel.sequence=S' (app overrides)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as pretrain/main.py")
@@ -525,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         result = plan(cfg.model, stages=stages_of, gpus=args.gpus, gpus_per_node=per_node,
                       gpu_mem_gb=args.gpu_mem_gb, precision=cfg.train.precision, impl=args.kernels,
                       reserve_gb=args.reserve_gb, zero_stages=tuple(args.zero_stage or ZERO_STAGES),
-                      tp_degrees_=tuple(args.tp) if args.tp else None)
+                      tp_degrees_=tuple(args.tp) if args.tp else (1,) if args.pick else None)
     except ValueError as err:
         parser.error(str(err))
     rec = result["recommended"]
@@ -533,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         if rec is None:
             print(f"parallel.plan: nothing fits in {args.gpu_mem_gb:g} GB per GPU for {args.config}", file=sys.stderr)
             return 1
+        if not args.pick_args and rec.tp != 1:  # an SP degree alone would drop the TP degree it was planned with
+            print(f"parallel.plan: the recommendation is parallel.tensor={rec.tp} parallel.sequence={rec.sp}; "
+                  f"--pick prints an SP degree only for plans without tensor parallelism: use --pick-args",
+                  file=sys.stderr)
+            return 2
         print(f"parallel.tensor={rec.tp} parallel.sequence={rec.sp}" if args.pick_args else rec.sp)
         return 0
     if args.json:

@@ -168,6 +168,8 @@ def test_cli_table_json_and_pick(capsys):
     assert {s["zero_stage"] for s in json.loads(capsys.readouterr().out)["settings"]} == {2}
     assert main(args + ["--pick"]) == 0
     assert int(capsys.readouterr().out) == out["recommended"]["sp"]
+    assert main(args + ["--pick", "--tp", "2"]) == 2  # an SP degree alone would drop the TP degree
+    assert "use --pick-args" in capsys.readouterr().err
     assert main(args[:-1] + ["0.5", "--pick"]) == 1
     assert "nothing fits" in capsys.readouterr().err
 
