@@ -220,7 +220,8 @@ def main(argv=None) -> int:
         return 0
     if args.saved_floats:
         for arch in args.arch or ["hyena", "mamba"]:
-            print(json.dumps({"arch": arch, "L": 1 << 12, "saved_floats_per_token_layer_d": round(saved_floats(arch), 2)}))
+            print(json.dumps({"arch": arch, "L": 1 << 12,
+                              "saved_floats_per_token_layer_d": round(saved_floats(arch), 2)}))
         return 0
     command = " ".join(["python bench/cpu_speed.py", *(sys.argv[1:] if argv is None else argv)])
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}

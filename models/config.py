@@ -79,8 +79,9 @@ class ModelConfig:
     backward): ``true``, ``false``, or ``"auto"`` (default), decided at each forward from the input's shape:
     on only when :meth:`activation_bytes` (what the blocks would keep for the backward) exceeds
     ``checkpoint_budget_gb`` (8 GiB: a Hyena of d_model 128 × 2 layers in float32 turns it on past 2^19 tokens
-    per window at batch 1), so windows whose activations fit never pay for the recomputation. ``checkpoint_activations`` is the
-    former boolean key, still read (it wins when set; giving both with different values is an error).
+    per window at batch 1), so windows whose activations fit never pay for the recomputation.
+    ``checkpoint_activations`` is the former boolean key, still read (it wins when set; giving both with
+    different values is an error).
     """
 
     arch: str = "hyena"
